@@ -1,0 +1,1 @@
+"""failmap: failure directions in CLIP space, captioned and decoded."""
