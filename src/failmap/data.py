@@ -5,9 +5,11 @@ A prepared dataset is a folder (``data/prepared``) with:
 - ``<split>.npz`` per split (train, val, test, pool, and corpus where the source
   has captions): ``images`` uint8 (N, H, W, 3), ``labels`` int64 (N,),
   ``ids`` str (N,), and ``captions`` str (N,) when the split has them.
-- ``meta.json``: source name, class names, image size, split sizes, the
-  attribute vocabulary used to build caption banks (``colours``, ``contexts``)
-  and, where known, the planted subpopulation per class.
+- ``meta.json``: ``source`` name, ``classes`` (names, index = label),
+  ``image_size``, ``splits`` (sizes), ``vocab`` = {"adjectives": [...],
+  "contexts": [...]} (words / phrases such as "on the grass" that caption
+  banks are built from) and, where known, ``planted`` = {class name:
+  description of its hard subpopulation}.
 - ``ground_truth.csv``: one row per image id of every split with its
   attributes and ``subpop`` (1 = in its class's hard subpopulation). Used only
   to *score* the method, never by it.
@@ -45,6 +47,25 @@ class Split:
             raise ValueError(f"images ({len(self.images)}), labels ({len(self.labels)}) and ids ({n}) differ in length")
         if self.captions is not None and len(self.captions) != n:
             raise ValueError(f"captions ({len(self.captions)}) and ids ({n}) differ in length")
+
+
+@dataclass
+class Prepared:
+    """What a source produces: the splits, meta.json content and ground-truth rows."""
+    splits: dict[str, Split]
+    meta: dict
+    ground_truth: list[dict] | None = None
+
+
+def write_prepared(root: str | Path, prepared: Prepared) -> None:
+    """Write every split, then meta and ground truth (meta last: it marks completion)."""
+    for name, split in prepared.splits.items():
+        save_split(root, name, split)
+    if prepared.ground_truth is not None:
+        save_ground_truth(root, prepared.ground_truth)
+    meta = dict(prepared.meta)
+    meta["splits"] = {name: len(split) for name, split in prepared.splits.items()}
+    save_meta(root, meta)
 
 
 def save_split(root: str | Path, name: str, split: Split) -> Path:

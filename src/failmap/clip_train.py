@@ -1,0 +1,277 @@
+"""Pre-train a small CLIP on (image, caption) pairs with open_clip's own model code.
+
+Users without a network have no pretrained CLIP, so the embedded world trains
+its own on its captioned ``corpus`` split. Everything goes through open_clip:
+a custom model config (a ViT sized for the data's small images, a small text
+transformer on open_clip's bundled BPE vocabulary, so it works offline) is
+written as JSON, registered with ``open_clip.add_model_config`` and built with
+``open_clip.create_model``; the saved folder then loads through the same
+``create_model(name, pretrained=<weights file>)`` path as any open_clip model
+(see ``failmap.embedder.load_embedder(source="world", ...)``).
+
+``zero_shot_report`` measures what the rest of the pipeline needs from the
+space: images must land near the captions that describe their class, colour
+and context.
+"""
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from failmap.device import resolve_device
+from failmap.embedder import Embedder, normalise_batch, register_config, world_clip_paths
+from failmap.io import atomic_path, write_json
+
+DEFAULT_TEMPLATE = "a photo of a {adjective} {noun} {context}"
+HEAD_WIDTH = 32          # attention head width for both towers: 128-wide towers get 4 heads
+TRANSLATE_PIXELS = 2     # augmentation: random shift (reflect-padded) of up to this many pixels
+
+
+def clip_model_config(image_size: tuple[int, int], *, embed_dim: int, width: int, layers: int,
+                      patch_size: int, text_width: int, text_layers: int, context_length: int) -> dict:
+    """An open_clip model config (the JSON open_clip reads) for a small CLIP."""
+    h, w = image_size
+    if h % patch_size or w % patch_size:
+        raise ValueError(f"patch_size {patch_size} must divide the image size {h}x{w}")
+    for name, value in dict(width=width, text_width=text_width).items():
+        if value % HEAD_WIDTH:
+            raise ValueError(f"{name} must be a multiple of {HEAD_WIDTH} (the attention head width), got {value}")
+    return {
+        "embed_dim": embed_dim,
+        "vision_cfg": {"image_size": [h, w] if h != w else h, "layers": layers, "width": width,
+                       "head_width": HEAD_WIDTH, "patch_size": patch_size},
+        # vocab_size: open_clip's bundled BPE tokenizer, the default for non-HF text towers
+        "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": text_width,
+                     "heads": text_width // HEAD_WIDTH, "layers": text_layers},
+    }
+
+
+def _lr_factor(step: int, warmup: int, steps: int) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and small shift of a float (B, 3, H, W) batch.
+
+    Both keep every captioned attribute (shape, colour, size, context) true;
+    crops or colour jitter would not."""
+    b, _, h, w = x.shape
+    flip = torch.rand(b, generator=generator) < 0.5
+    x = torch.where(flip.view(b, 1, 1, 1).to(x.device), x.flip(-1), x)
+    p = TRANSLATE_PIXELS
+    if p:
+        padded = F.pad(x, (p, p, p, p), mode="reflect")
+        dy = torch.randint(0, 2 * p + 1, (b,), generator=generator).tolist()
+        dx = torch.randint(0, 2 * p + 1, (b,), generator=generator).tolist()
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    return x
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay only weight matrices: gains, biases and the temperature stay free."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.ndim < 2 or "logit_scale" in name or name.endswith(".bias"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_clip(images_uint8: np.ndarray, captions, out_dir: str | Path, *, embed_dim: int = 64,
+               width: int = 128, layers: int = 4, patch_size: int = 4, text_width: int = 128,
+               text_layers: int = 3, context_length: int = 16, steps: int = 1500, batch_size: int = 128,
+               lr: float = 1e-3, warmup: int = 100, weight_decay: float = 0.1, augment: bool = True,
+               seed: int = 0, device: str = "auto", log_every: int = 50) -> dict:
+    """Train a CLIP contrastively on (image, caption) pairs; save it under ``out_dir``.
+
+    Writes ``out_dir/world-clip.json`` (the open_clip config) and
+    ``out_dir/weights.pt`` (the state dict). Returns metrics: final loss,
+    wall time, parameter count, and the loss history every ``log_every`` steps.
+
+    The loss is CLIP's symmetric cross-entropy over the batch's image-text
+    logits, except that identical captions in a batch count as positives of
+    each other: a corpus built from a few attributes repeats captions
+    ("a photo of a star"), and plain InfoNCE would push an image away from a
+    caption that describes it correctly.
+    """
+    images_uint8 = np.asarray(images_uint8)
+    if images_uint8.ndim != 4 or images_uint8.shape[-1] != 3 or images_uint8.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 (N, H, W, 3), got {images_uint8.dtype} {images_uint8.shape}")
+    captions = [str(c) for c in captions]
+    if len(captions) != len(images_uint8):
+        raise ValueError(f"{len(images_uint8)} images but {len(captions)} captions")
+    if len(captions) < 2:
+        raise ValueError("contrastive training needs at least 2 (image, caption) pairs")
+    if steps < 1 or batch_size < 2 or warmup < 0:
+        raise ValueError(f"need steps >= 1, batch_size >= 2, warmup >= 0; got {steps}, {batch_size}, {warmup}")
+    batch_size = min(batch_size, len(captions))
+    dev = torch.device(resolve_device(device))
+    start_time = time.perf_counter()
+
+    out_dir = Path(out_dir)
+    config = clip_model_config(images_uint8.shape[1:3], embed_dim=embed_dim, width=width, layers=layers,
+                               patch_size=patch_size, text_width=text_width, text_layers=text_layers,
+                               context_length=context_length)
+    config_path, weights_path = world_clip_paths(out_dir)
+    write_json(config_path, config)
+    name = register_config(config_path)
+
+    torch.manual_seed(seed)  # model initialisation
+    model = open_clip.create_model(name, pretrained=None).to(dev).train()
+    tokenizer = open_clip.get_tokenizer(name)
+    pp = open_clip.get_model_preprocess_cfg(model)
+    mean = torch.tensor(pp["mean"], device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(pp["std"], device=dev).view(1, 3, 1, 1)
+    image_hw = tuple(images_uint8.shape[1:3])
+
+    # Tokenise each distinct caption once; a caption id per image also tells
+    # which pairs of a batch share a caption.
+    unique, caption_ids = np.unique(np.array(captions), return_inverse=True)
+    too_long = [c for c in unique if len(tokenizer.encode(c)) + 2 > context_length]
+    if too_long:
+        raise ValueError(f"context_length {context_length} is too short for caption '{too_long[0]}' "
+                         f"({len(tokenizer.encode(too_long[0])) + 2} tokens with start/end)")
+    tokens = tokenizer(list(unique)).to(dev)
+    caption_ids = torch.from_numpy(caption_ids.astype(np.int64)).to(dev)
+    images = torch.from_numpy(images_uint8).permute(0, 3, 1, 2).contiguous().to(dev)
+
+    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, steps))
+    generator = torch.Generator().manual_seed(seed)  # batches and augmentation
+    max_logit_scale = math.log(100.0)
+
+    history, running = [], None
+    bar = tqdm(range(steps), desc="pretrain clip", unit="step", mininterval=2)
+    for step in bar:
+        idx = torch.randint(0, len(captions), (batch_size,), generator=generator).to(dev)
+        x = images[idx].float().div_(255.0)
+        if augment:
+            x = _augment(x, generator)
+        x = normalise_batch(x, image_hw, mean, std)
+        cid = caption_ids[idx]
+        image_features = model.encode_image(x, normalize=True)
+        text_features = model.encode_text(tokens[cid], normalize=True)
+        logits = model.logit_scale.exp() * image_features @ text_features.T
+        same = (cid[:, None] == cid[None, :]).float()
+        target = same / same.sum(1, keepdim=True)  # symmetric: the same for rows and columns
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():  # as CLIP: a temperature above 100 makes training unstable
+            model.logit_scale.clamp_(0, max_logit_scale)
+
+        value = loss.item()
+        running = value if running is None else 0.95 * running + 0.05 * value
+        if step % log_every == 0 or step == steps - 1:
+            history.append(dict(step=step, loss=round(value, 5), lr=optimizer.param_groups[0]["lr"],
+                                logit_scale=round(model.logit_scale.exp().item(), 3)))
+            bar.set_postfix(loss=f"{running:.3f}")
+
+    model.eval()
+    with atomic_path(weights_path) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    return dict(
+        final_loss=round(running, 5), steps=steps, batch_size=batch_size, n_pairs=len(captions),
+        n_unique_captions=len(unique), n_parameters=sum(p.numel() for p in model.parameters()),
+        train_seconds=round(time.perf_counter() - start_time, 2), device=str(dev), history=history,
+    )
+
+
+# ------------------------------------------------------------------ evaluation
+@dataclass
+class Attribute:
+    """One captioned attribute of a set of images, for zero-shot retrieval.
+
+    values: each image's value (str, (N,)); phrases: value -> the words that
+    name it in a caption ("red", "on the grass"); slot: where those words go
+    in the caption template ("adjective" before the noun, "context" after)."""
+    values: np.ndarray
+    phrases: dict[str, str]
+    slot: str
+
+
+def fill_template(template: str, noun: str, adjective: str | None = None, context: str | None = None) -> str:
+    """'a photo of a {adjective} {noun} {context}' with empty slots dropped."""
+    text = template.format(adjective=adjective or "", noun=noun, context=context or "")
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _classify(image_embeds: np.ndarray, prompt_sets: list[list[str]], embedder: Embedder) -> np.ndarray:
+    """Index of the best prompt set per image; a set's embedding is the
+    normalised mean of its prompts' embeddings (prompt ensembling)."""
+    flat = [p for prompts in prompt_sets for p in prompts]
+    text = embedder.embed_texts(flat)
+    bounds = np.cumsum([0] + [len(p) for p in prompt_sets])
+    centres = np.stack([text[a:b].mean(0) for a, b in zip(bounds[:-1], bounds[1:])])
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    return (image_embeds @ centres.T).argmax(1)
+
+
+def zero_shot_report(embedder: Embedder, images: np.ndarray, labels: np.ndarray, class_names: list[str],
+                     attributes: dict[str, Attribute] | None = None,
+                     template: str = DEFAULT_TEMPLATE) -> dict:
+    """Zero-shot accuracy of an embedder on labelled images.
+
+    - class: each image against "a photo of a {class}" (the template with only
+      the noun), the reference prompt the caption stage also uses.
+    - each attribute (e.g. colour, context): pick the right value among all of
+      the attribute's values. A value's prompt is the template with that value
+      in its slot, averaged over every class noun ("a photo of a red circle",
+      "a photo of a red square", ...), so that the class neither helps nor
+      hurts; these are the phrasings the world's corpus captions use.
+    Returns {class_accuracy, class_accuracy_per_class, <attr>_accuracy, n}.
+    """
+    labels = np.asarray(labels)
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    image_embeds = embedder.embed_images(images)
+    report: dict = {"n": int(len(labels))}
+    pred = _classify(image_embeds, [[fill_template(template, c)] for c in class_names], embedder)
+    report["class_accuracy"] = float((pred == labels).mean())
+    report["class_accuracy_per_class"] = {c: float((pred[labels == k] == k).mean()) if (labels == k).any() else None
+                                          for k, c in enumerate(class_names)}
+    for name, attr in (attributes or {}).items():
+        if attr.slot not in ("adjective", "context"):
+            raise ValueError(f"attribute '{name}': slot must be 'adjective' or 'context', got '{attr.slot}'")
+        values = list(attr.phrases)
+        unknown = sorted(set(np.asarray(attr.values).tolist()) - set(values))
+        if unknown:
+            raise ValueError(f"attribute '{name}': values {unknown} have no phrase (known: {values})")
+        prompt_sets = [[fill_template(template, c, **{attr.slot: attr.phrases[v]}) for c in class_names]
+                       for v in values]
+        pred = _classify(image_embeds, prompt_sets, embedder)
+        truth = np.array([values.index(v) for v in attr.values])
+        report[f"{name}_accuracy"] = float((pred == truth).mean())
+    return report
+
+
+def world_attributes(ground_truth: dict[str, dict], ids: np.ndarray, colours: list[str],
+                     contexts: list[str]) -> dict[str, Attribute]:
+    """Colour and context attributes of the world's images, from ground_truth.csv rows."""
+    from failmap.world import CONTEXT_PHRASE
+    missing = [i for i in ids if i not in ground_truth]
+    if missing:
+        raise KeyError(f"{len(missing)} ids have no ground-truth row (first: {missing[0]})")
+    return {
+        "colour": Attribute(values=np.array([ground_truth[i]["colour"] for i in ids]),
+                            phrases={c: c for c in colours}, slot="adjective"),
+        "context": Attribute(values=np.array([ground_truth[i]["context"] for i in ids]),
+                             phrases={c: CONTEXT_PHRASE[c] for c in contexts}, slot="context"),
+    }

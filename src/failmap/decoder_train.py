@@ -1,0 +1,201 @@
+"""Pre-train the world decoder: a small pixel-space diffusion model that draws
+an image from a unit CLIP image embedding (``EmbeddingDecoderPipeline``).
+
+Objective: DDPM noise prediction (or v-prediction) on (image, its CLIP image
+embedding) pairs; with probability ``cond_dropout`` the condition is replaced
+by the zero vector so that the same network also learns the unconditional
+model that classifier-free guidance needs. Sampling is DDIM.
+
+What makes it fit the CPU budget (measured in benchmarks/bench_decoder.py):
+- space-to-depth (``patch_size`` 2): the UNet sees 12 x 16 x 16 instead of
+  3 x 32 x 32, every pixel kept, ~3x cheaper per step;
+- an exponential moving average of the weights (``ema_decay``), which gives
+  clean samples long before the raw weights stop jittering;
+- linear warm-up then cosine decay of a high learning rate.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from tqdm.auto import tqdm
+
+from failmap.decoder import EmbeddingDecoderPipeline, ModalityBridge, normalize
+from failmap.device import resolve_device
+
+GROUP_NORM_GROUPS = 8   # channel widths down to 8 stay valid
+HEAD_DIM = 32           # attention head width
+
+
+def build_unet(embed_dim: int, channels: list[int] | tuple[int, ...], image_size: int, patch_size: int = 2,
+               time_conditioning: bool = True) -> UNet2DConditionModel:
+    """A small conditional UNet: one block per entry of ``channels`` (the
+    first at full resolution without attention, the lower ones with
+    self-attention + one-token cross-attention), one ResNet layer per block.
+
+    ``time_conditioning`` also adds a learned projection of the embedding to
+    the timestep embedding, which every ResNet layer sees (scale and shift of
+    its features); with a single token, cross-attention alone reduces to a
+    per-layer constant bias, a weak handle on the image.
+    """
+    channels = [int(c) for c in channels]
+    if len(channels) < 2:
+        raise ValueError(f"channels needs at least 2 entries (one per resolution), got {channels}")
+    if any(c % GROUP_NORM_GROUPS for c in channels):
+        raise ValueError(f"every entry of channels must be a multiple of {GROUP_NORM_GROUPS}, got {channels}")
+    if image_size % patch_size:
+        raise ValueError(f"patch_size {patch_size} must divide image_size {image_size}")
+    size = image_size // patch_size
+    if size % 2 ** (len(channels) - 1):
+        raise ValueError(f"{len(channels)} resolutions need the UNet input side ({size} = image_size / "
+                         f"patch_size) divisible by {2 ** (len(channels) - 1)}")
+    down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(channels) - 1)
+    up = ("CrossAttnUpBlock2D",) * (len(channels) - 1) + ("UpBlock2D",)
+    extra = dict(class_embed_type="projection", projection_class_embeddings_input_dim=embed_dim) \
+        if time_conditioning else {}
+    return UNet2DConditionModel(
+        sample_size=size, in_channels=3 * patch_size ** 2, out_channels=3 * patch_size ** 2,
+        block_out_channels=tuple(channels), layers_per_block=1, down_block_types=down, up_block_types=up,
+        cross_attention_dim=embed_dim, norm_num_groups=GROUP_NORM_GROUPS,
+        # diffusers quirk: this argument is the number of heads per block, not their width
+        attention_head_dim=tuple(max(1, c // HEAD_DIM) for c in channels),
+        **extra)
+
+
+def _lr_factor(step: int, warmup: int, steps: int, floor: float = 0.1) -> float:
+    """Linear warm-up, then cosine decay to ``floor`` of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embeds_for_bridge: np.ndarray,
+                  out_dir: str | Path, *, space: str, channels=(32, 64, 64), steps: int = 1800,
+                  batch_size: int = 64, lr: float = 1e-3, cond_dropout: float = 0.1,
+                  train_timesteps: int = 1000, seed: int = 0, device: str = "auto", patch_size: int = 2,
+                  time_conditioning: bool = True, ema_decay: float = 0.999, warmup: int = 100,
+                  prediction_type: str = "epsilon", beta_schedule: str = "squaredcos_cap_v2",
+                  log_every: int = 50) -> dict:
+    """Train the world decoder on (image, image embedding) pairs; save it to ``out_dir``.
+
+    ``text_embeds_for_bridge``: caption embeddings of the same space (e.g. the
+    corpus captions) from which, with ``image_embeds``, the modality bridge is
+    fitted and stored in the pipeline config. ``space``: the embedder's space
+    string, stored so that a decoder is never fed another space's vectors.
+    Returns metrics (final loss, wall time, parameter count, loss history).
+    Same inputs and seed give the same weights (on the same device).
+    """
+    images_uint8 = np.asarray(images_uint8)
+    if images_uint8.ndim != 4 or images_uint8.shape[-1] != 3 or images_uint8.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 (N, H, W, 3), got {images_uint8.dtype} {images_uint8.shape}")
+    n, h, w, _ = images_uint8.shape
+    if h != w:
+        raise ValueError(f"images must be square, got {h}x{w}")
+    image_embeds = np.asarray(image_embeds)
+    if image_embeds.ndim != 2 or len(image_embeds) != n:
+        raise ValueError(f"image_embeds must be (N={n}, D), got {image_embeds.shape}")
+    image_embeds = normalize(image_embeds, "image_embeds")
+    bridge = ModalityBridge.fit(image_embeds, text_embeds_for_bridge)
+    if not 0.0 <= cond_dropout < 1.0:
+        raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
+    if steps < 1 or batch_size < 1 or lr <= 0 or train_timesteps < 2 or warmup < 0:
+        raise ValueError(f"need steps >= 1, batch_size >= 1, lr > 0, train_timesteps >= 2, warmup >= 0; got "
+                         f"{steps}, {batch_size}, {lr}, {train_timesteps}, {warmup}")
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1) (0 disables the average), got {ema_decay}")
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got '{prediction_type}'")
+    dev = torch.device(resolve_device(device))
+    start_time = time.perf_counter()
+
+    torch.manual_seed(seed)  # weight initialisation
+    dim = image_embeds.shape[1]
+    unet = build_unet(dim, channels, h, patch_size, time_conditioning).to(dev).train()
+    noise_scheduler = DDPMScheduler(num_train_timesteps=train_timesteps, beta_schedule=beta_schedule,
+                                    prediction_type=prediction_type, clip_sample=True)
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(dev)
+    ema = [p.detach().clone() for p in unet.parameters()] if ema_decay > 0 else None
+
+    images = torch.from_numpy(images_uint8).permute(0, 3, 1, 2).contiguous().to(dev)  # uint8, 4x less than float
+    conds = torch.from_numpy(image_embeds).to(dev)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, steps))
+    generator = torch.Generator().manual_seed(seed)  # batches, timesteps, noise, condition dropout
+
+    history, running = [], None
+    bar = tqdm(range(steps), desc="pretrain decoder", unit="step", mininterval=2)
+    for step in bar:
+        idx = torch.randint(0, n, (batch_size,), generator=generator)
+        x0 = images[idx.to(dev)].float().div_(127.5).sub_(1.0)
+        if patch_size > 1:
+            x0 = F.pixel_unshuffle(x0, patch_size)
+        cond = conds[idx.to(dev)]
+        keep = (torch.rand(batch_size, generator=generator) >= cond_dropout).float().to(dev)
+        cond = cond * keep[:, None]
+        t = torch.randint(0, train_timesteps, (batch_size,), generator=generator).to(dev)
+        noise = torch.randn(x0.shape, generator=generator).to(dev)
+        a = alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
+        s = (1 - alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+        noisy = a * x0 + s * noise
+        target = noise if prediction_type == "epsilon" else a * noise - s * x0
+        kwargs = dict(class_labels=cond) if time_conditioning else {}
+        pred = unet(noisy, t, encoder_hidden_states=cond[:, None, :], **kwargs).sample
+        loss = F.mse_loss(pred, target)
+
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if ema is not None:
+            # short warm-up of the decay: early on the average would be dominated by the random init
+            decay = min(ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in unet.parameters()], 1 - decay)
+
+        value = loss.item()
+        running = value if running is None else 0.98 * running + 0.02 * value
+        if step % log_every == 0 or step == steps - 1:
+            history.append(dict(step=step, loss=round(value, 5), lr=optimizer.param_groups[0]["lr"]))
+            bar.set_postfix(loss=f"{running:.4f}")
+
+    if ema is not None:
+        with torch.no_grad():
+            for p, e in zip(unet.parameters(), ema):
+                p.copy_(e)
+    unet.eval()
+    sampler = DDIMScheduler.from_config(noise_scheduler.config, steps_offset=1)
+    pipe = EmbeddingDecoderPipeline(unet=unet.cpu(), scheduler=sampler, space=space, patch_size=patch_size,
+                                    mean_image=bridge.mean_image.tolist(), mean_text=bridge.mean_text.tolist())
+    save_pipeline(pipe, out_dir)
+    return dict(
+        final_loss=round(running, 5), steps=steps, batch_size=batch_size, n_images=n,
+        n_parameters=sum(p.numel() for p in unet.parameters()), image_size=h, patch_size=patch_size,
+        embed_dim=dim, space=space, train_seconds=round(time.perf_counter() - start_time, 2),
+        device=str(dev), history=history,
+    )
+
+
+def save_pipeline(pipe: EmbeddingDecoderPipeline, out_dir: str | Path) -> Path:
+    """save_pretrained into a sibling temporary folder, then swap it in: an
+    interrupted save never leaves a half-written decoder behind."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        pipe.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out_dir

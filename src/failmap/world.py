@@ -1,0 +1,267 @@
+"""The embedded default world: procedural 32x32 images with known attributes
+and one planted failure mode per class.
+
+Every image shows one object (its *kind* is the class: circle, square, ...)
+with a colour, a size, a position and a rotation, drawn over a textured
+*context* (grass, indoors, snow, ...), plus pixel noise. Each image gets a
+caption built from its attributes ("a photo of a small red star on the grass").
+
+The planted failure: for each class ``k`` one value ``v_k`` of the planted
+attribute (a context by default) is rare among the class's *train* images
+(``train_rate``) and common in val/test/pool (``eval_rate``). To make that
+rarity bite the way real dataset bias does, the class's *confuser* (the next
+class) carries ``v_k`` in ``confuser_rate`` of its train images, so in train
+``v_k`` is evidence for the confuser; a classifier that leans on it fails on
+class ``k`` in context ``v_k``. The corpus (what the world's own CLIP and
+decoder pre-train on) is unbiased: every attribute uniform and independent.
+
+Ground truth (attributes, ``subpop``) is written beside the images for
+scoring only; the method never reads it.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from failmap.data import CORPUS, Prepared, Split
+
+COLOUR_RGB = {
+    "red": (0.86, 0.12, 0.12),
+    "orange": (0.96, 0.55, 0.10),
+    "yellow": (0.96, 0.90, 0.18),
+    "green": (0.18, 0.72, 0.22),
+    "blue": (0.15, 0.30, 0.92),
+    "purple": (0.56, 0.20, 0.76),
+    "white": (0.97, 0.97, 0.97),
+    "pink": (0.97, 0.55, 0.75),
+    "black": (0.08, 0.08, 0.08),
+}
+
+CONTEXT_PHRASE = {
+    "grass": "on the grass",
+    "indoors": "indoors",
+    "snow": "in the snow",
+    "water": "on the water",
+    "night": "at night",
+    "sand": "on the sand",
+    "road": "on the road",
+}
+
+SHAPES = ("circle", "square", "triangle", "star", "cross", "heart", "diamond", "moon")
+
+SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered down: anti-aliased edges
+
+
+# ----------------------------------------------------------------- backgrounds
+def _texture(context: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A (size, size, 3) float image in [0, 1] with the context's texture."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    noise = rng.normal(0.0, 1.0, (size, size)).astype(np.float32)
+    phase = rng.uniform(0, 2 * np.pi)
+    if context == "grass":
+        blades = rng.normal(0.0, 1.0, size).astype(np.float32)[None, :]  # vertical streaks
+        shade = 0.5 + 0.12 * blades + 0.06 * noise + 0.1 * (yy - 0.5)
+        base = np.stack([0.35 * shade, 1.0 * shade, 0.25 * shade], -1)
+    elif context == "indoors":
+        floor = yy > 0.68 + 0.04 * np.sin(phase)
+        planks = 0.5 + 0.5 * np.sin(yy * 60 + phase) * floor
+        wall = np.stack([0.80 + 0 * xx, 0.74 + 0 * xx, 0.62 + 0 * xx], -1) + 0.02 * noise[..., None]
+        wood = np.stack([0.45 + 0.08 * planks, 0.28 + 0.05 * planks, 0.14 + 0 * xx], -1)
+        base = np.where(floor[..., None], wood, wall)
+    elif context == "snow":
+        speck = (rng.random((size, size)) < 0.08).astype(np.float32)
+        v = 0.90 + 0.04 * noise - 0.10 * speck - 0.06 * yy
+        base = np.stack([v, v + 0.02, v + 0.06], -1)
+    elif context == "water":
+        waves = np.sin(yy * 40 + 3 * np.sin(xx * 6 + phase) + phase)
+        base = np.stack([0.10 + 0.05 * waves, 0.32 + 0.08 * waves, 0.62 + 0.10 * waves], -1)
+        base = base + 0.02 * noise[..., None]
+    elif context == "night":
+        stars = (rng.random((size, size)) < 0.025).astype(np.float32)
+        v = 0.05 + 0.02 * noise + 0.05 * yy
+        base = np.stack([v, v, 2.2 * v], -1) + 0.8 * stars[..., None]
+    elif context == "sand":
+        dunes = np.sin((xx + yy) * 14 + phase)
+        v = 0.82 + 0.05 * dunes + 0.05 * noise
+        base = np.stack([v, 0.86 * v, 0.58 * v], -1)
+    elif context == "road":
+        stripe = (np.abs(yy - 0.5) < 0.04) & (np.sin(xx * 25 + phase) > 0)
+        v = 0.33 + 0.04 * noise
+        base = np.stack([v, v, v], -1) + 0.55 * stripe[..., None]
+    else:
+        raise ValueError(f"unknown context '{context}'; known: {sorted(CONTEXT_PHRASE)}")
+    return np.clip(base, 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------- shapes
+def _outline(shape: str) -> np.ndarray:
+    """Polygon vertices of a shape in unit coordinates (radius ~1 around 0)."""
+    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    if shape == "circle":
+        pts = np.stack([np.cos(t), np.sin(t)], -1)
+    elif shape == "square":
+        pts = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * 0.8
+    elif shape == "triangle":
+        a = np.pi / 2 + np.arange(3) * 2 * np.pi / 3
+        pts = np.stack([np.cos(a), -np.sin(a)], -1) * 1.05
+        pts[:, 1] += 0.2
+    elif shape == "star":
+        a = -np.pi / 2 + np.arange(10) * np.pi / 5
+        r = np.where(np.arange(10) % 2 == 0, 1.05, 0.45)
+        pts = np.stack([r * np.cos(a), r * np.sin(a)], -1)
+    elif shape == "cross":
+        w = 0.33
+        pts = np.array([[-w, -1], [w, -1], [w, -w], [1, -w], [1, w], [w, w],
+                        [w, 1], [-w, 1], [-w, w], [-1, w], [-1, -w], [-w, -w]])
+    elif shape == "heart":
+        x = 16 * np.sin(t) ** 3
+        y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+        pts = np.stack([x, y + 2.5], -1) / 16.5
+    elif shape == "diamond":
+        pts = np.array([[0, -1.05], [0.7, 0], [0, 1.05], [-0.7, 0]])
+    elif shape == "moon":
+        outer = np.stack([np.cos(t[:33] * 1.0 - np.pi / 2), np.sin(t[:33] - np.pi / 2)], -1)
+        inner = np.stack([0.45 + 0.75 * np.cos(-t[:33] + np.pi / 2), 0.9 * np.sin(-t[:33] + np.pi / 2)], -1)
+        pts = np.concatenate([outer, inner])
+    else:
+        raise ValueError(f"unknown shape '{shape}'; known: {list(SHAPES)}")
+    return np.asarray(pts, dtype=np.float64)
+
+
+def _alpha_mask(shape: str, size_frac: float, cx: float, cy: float, angle: float, side: int) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] of the shape on a (side, side) grid."""
+    big = side * SUPERSAMPLE
+    pts = _outline(shape)
+    c, s = np.cos(angle), np.sin(angle)
+    pts = pts @ np.array([[c, s], [-s, c]])
+    pts = pts * (size_frac * big / 2) + np.array([cx * big, cy * big])
+    canvas = Image.new("L", (big, big), 0)
+    ImageDraw.Draw(canvas).polygon([tuple(p) for p in pts], fill=255)
+    return np.asarray(canvas.resize((side, side), Image.BOX), dtype=np.float32) / 255.0
+
+
+def render(shape: str, colour: str, context: str, size_frac: float, cx: float, cy: float,
+           angle: float, noise: float, rng: np.random.Generator, side: int = 32) -> np.ndarray:
+    """One uint8 (side, side, 3) image."""
+    bg = _texture(context, side, rng)
+    rgb = np.array(COLOUR_RGB[colour], dtype=np.float32) * rng.uniform(0.88, 1.05)
+    alpha = _alpha_mask(shape, size_frac, cx, cy, angle, side)[..., None]
+    img = bg * (1 - alpha) + rgb * alpha
+    img = img + rng.normal(0.0, noise, img.shape)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+# -------------------------------------------------------------------- sampling
+def caption_for(shape: str, colour: str | None, context: str | None, size_word: str | None) -> str:
+    words = ["a photo of a"] + [w for w in (size_word, colour, shape) if w]
+    if context:
+        words.append(CONTEXT_PHRASE[context])
+    return " ".join(words)
+
+
+def choose_planted(classes: list[str], values: list[str], seed: int) -> list[str]:
+    """One planted value per class drawn from the seed, distinct while values last."""
+    rng = np.random.default_rng([seed, 7])
+    order = list(rng.permutation(len(values)))
+    while len(order) < len(classes):
+        order += list(rng.permutation(len(values)))
+    return [values[i] for i in order[: len(classes)]]
+
+
+def _attribute_probs(n_values: int, planted: int, rate: float, confuser_value: int | None,
+                     confuser_rate: float) -> np.ndarray:
+    """Distribution over the planted attribute's values for one class and split."""
+    p = np.zeros(n_values)
+    p[planted] = rate
+    rest = [i for i in range(n_values) if i != planted and i != confuser_value]
+    if confuser_value is not None and confuser_value != planted:
+        p[confuser_value] = confuser_rate
+    remaining = 1.0 - p.sum()
+    p[rest] += remaining / len(rest)
+    return p
+
+
+def sample_split(name: str, n: int, *, classes, colours, contexts, planted_attribute, planted,
+                 train_rate, eval_rate, confuser_rate, noise, min_size, max_size, seed,
+                 split_index: int, side: int = 32) -> tuple[Split, list[dict]]:
+    """Render one split. Classes are balanced; the planted attribute follows
+    the split's bias (see module docstring); everything else is uniform."""
+    rng = np.random.default_rng([seed, 1000 + split_index])
+    n_cls = len(classes)
+    values = contexts if planted_attribute == "context" else colours
+    planted_idx = [values.index(v) for v in planted]
+    labels = np.arange(n) % n_cls
+    rng.shuffle(labels)
+    images = np.empty((n, side, side, 3), dtype=np.uint8)
+    captions, rows = [], []
+    for i in tqdm(range(n), desc=f"world {name}", leave=False, mininterval=2):
+        k = int(labels[i])
+        if name == CORPUS:
+            p = np.full(len(values), 1.0 / len(values))
+        elif name == "train":
+            # the class whose confuser is k: class k carries that class's planted value often
+            confused = (k - 1) % n_cls
+            conf_value = planted_idx[confused] if planted_idx[confused] != planted_idx[k] else None
+            p = _attribute_probs(len(values), planted_idx[k], train_rate, conf_value, confuser_rate)
+        else:
+            p = _attribute_probs(len(values), planted_idx[k], eval_rate, None, 0.0)
+        v = int(rng.choice(len(values), p=p))
+        if planted_attribute == "context":
+            context, colour = contexts[v], colours[int(rng.integers(len(colours)))]
+        else:
+            colour, context = colours[v], contexts[int(rng.integers(len(contexts)))]
+        size_frac = float(rng.uniform(min_size, max_size))
+        margin = size_frac / 2
+        cx, cy = rng.uniform(margin, 1 - margin, 2) if margin < 0.5 else (0.5, 0.5)
+        angle = float(rng.uniform(0, 2 * np.pi))
+        images[i] = render(classes[k], colour, context, size_frac, cx, cy, angle, noise, rng, side)
+        size_word = "small" if size_frac < (min_size + max_size) / 2 else "large"
+        if name == CORPUS:  # drop words at random so short prompts are in-distribution for CLIP
+            drop = rng.random(3)
+            captions.append(caption_for(classes[k], None if drop[1] < 0.2 else colour,
+                                        None if drop[2] < 0.2 else context,
+                                        None if drop[0] < 0.5 else size_word))
+        else:
+            captions.append(caption_for(classes[k], colour, context, size_word))
+        rows.append(dict(id=f"world/{name}/{i:06d}", split=name, label=k, class_name=classes[k],
+                         colour=colour, context=context, size=round(size_frac, 3),
+                         subpop=int(v == planted_idx[k])))
+    ids = np.array([r["id"] for r in rows])
+    split = Split(images=images, labels=labels.astype(np.int64), ids=ids,
+                  captions=np.array(captions) if name == CORPUS else None)
+    return split, rows
+
+
+def generate_world(*, classes, colours, contexts, n_train, n_val, n_test, n_pool, n_corpus,
+                   planted_attribute, planted_values, train_rate, eval_rate, confuser_rate,
+                   noise, min_size, max_size, seed) -> Prepared:
+    """The whole world: train/val/test/pool/corpus splits, meta and ground truth."""
+    for c in classes:
+        if c not in SHAPES:
+            raise ValueError(f"world.classes: unknown shape '{c}'; known: {list(SHAPES)}")
+    for c in colours:
+        if c not in COLOUR_RGB:
+            raise ValueError(f"world.colours: unknown colour '{c}'; known: {sorted(COLOUR_RGB)}")
+    for c in contexts:
+        if c not in CONTEXT_PHRASE:
+            raise ValueError(f"world.contexts: unknown context '{c}'; known: {sorted(CONTEXT_PHRASE)}")
+    values = list(contexts if planted_attribute == "context" else colours)
+    planted = list(planted_values) if planted_values else choose_planted(list(classes), values, seed)
+    common = dict(classes=list(classes), colours=list(colours), contexts=list(contexts),
+                  planted_attribute=planted_attribute, planted=planted, train_rate=train_rate,
+                  eval_rate=eval_rate, confuser_rate=confuser_rate, noise=noise,
+                  min_size=min_size, max_size=max_size, seed=seed)
+    splits, truth = {}, []
+    sizes = dict(train=n_train, val=n_val, test=n_test, pool=n_pool, corpus=n_corpus)
+    for index, (name, n) in enumerate(sizes.items()):
+        splits[name], rows = sample_split(name, n, split_index=index, **common)
+        truth += rows
+    phrase = (lambda v: CONTEXT_PHRASE[v]) if planted_attribute == "context" else (lambda v: v)
+    meta = dict(
+        source="world", classes=list(classes), image_size=32,
+        vocab=dict(adjectives=list(colours), contexts=[CONTEXT_PHRASE[c] for c in contexts]),
+        planted={c: dict(attribute=planted_attribute, value=v, phrase=phrase(v))
+                 for c, v in zip(classes, planted)},
+    )
+    return Prepared(splits=splits, meta=meta, ground_truth=truth)

@@ -1,0 +1,98 @@
+"""Pre-training a tiny CLIP: files written, loadable, deterministic, learns an
+easy task; the zero-shot report; clear errors."""
+import numpy as np
+import pytest
+import torch
+
+from failmap.clip_train import (Attribute, _lr_factor, clip_model_config, fill_template, train_clip,
+                                zero_shot_report)
+from failmap.embedder import load_embedder, world_clip_paths
+
+TINY = dict(embed_dim=16, width=32, layers=1, patch_size=8, text_width=32, text_layers=1, context_length=12,
+            batch_size=32, lr=3e-3, warmup=5, device="cpu")
+CLASSES = ["circle", "square"]
+COLOURS = ["red", "blue"]
+
+
+def easy_data(n=128, seed=0):
+    """16x16 images whose class is the brightness and whose colour is the tint:
+    learnable in a few dozen steps by a tiny model."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    colours = rng.integers(0, 2, n)
+    base = np.where(labels == 0, 40, 200)[:, None, None, None] * np.ones((n, 16, 16, 3))
+    base[..., 0] += np.where(colours == 0, 50, -30)[:, None, None]
+    base[..., 2] += np.where(colours == 1, 50, -30)[:, None, None]
+    images = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+    captions = [f"a photo of a {COLOURS[c]} {CLASSES[k]}" for k, c in zip(labels, colours)]
+    return images, labels, np.array(COLOURS)[colours], captions
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    torch.set_num_threads(1)
+    images, labels, colours, captions = easy_data()
+    out = tmp_path_factory.mktemp("clip")
+    metrics = train_clip(images, captions, out, steps=80, seed=0, **TINY)
+    return out, metrics
+
+
+def test_writes_a_folder_the_embedder_loads(trained):
+    out, metrics = trained
+    config_path, weights_path = world_clip_paths(out)
+    assert config_path.is_file() and weights_path.is_file()
+    emb = load_embedder("world", model_dir=out, device="cpu")
+    assert emb.dim == 16 and emb.space.startswith("world-clip:")
+    assert emb.embed_images(easy_data(4)[0]).shape == (4, 16)
+    assert metrics["steps"] == 80 and metrics["n_unique_captions"] == 4
+    assert metrics["history"][0]["step"] == 0 and metrics["history"][-1]["step"] == 79
+
+
+def test_learns_an_easy_task_and_reports_it(trained):
+    out, metrics = trained
+    assert metrics["final_loss"] < metrics["history"][0]["loss"]
+    images, labels, colours, _ = easy_data(64, seed=1)
+    emb = load_embedder("world", model_dir=out, device="cpu")
+    attrs = {"colour": Attribute(values=colours, phrases={c: c for c in COLOURS}, slot="adjective")}
+    report = zero_shot_report(emb, images, labels, CLASSES, attrs)
+    assert report["n"] == 64
+    assert report["class_accuracy"] >= 0.9, report
+    assert report["colour_accuracy"] >= 0.9, report
+    assert set(report["class_accuracy_per_class"]) == set(CLASSES)
+
+
+def test_same_seed_same_weights_other_seed_differs(tmp_path):
+    images, _, _, captions = easy_data(64)
+    weights = []
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        train_clip(images, captions, tmp_path / name, steps=3, seed=seed, **TINY)
+        weights.append(torch.load(world_clip_paths(tmp_path / name)[1]))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+def test_bad_input_fails_clearly(tmp_path):
+    images, _, _, captions = easy_data(8)
+    with pytest.raises(ValueError, match="8 images but 7 captions"):
+        train_clip(images, captions[:7], tmp_path, steps=1, **TINY)
+    with pytest.raises(ValueError, match="uint8"):
+        train_clip(images.astype(np.float32), captions, tmp_path, steps=1, **TINY)
+    with pytest.raises(ValueError, match="patch_size 5 must divide"):
+        train_clip(images, captions, tmp_path, steps=1, **{**TINY, "patch_size": 5})
+    with pytest.raises(ValueError, match="context_length 6 is too short"):
+        train_clip(images, captions, tmp_path, steps=1, **{**TINY, "context_length": 6})
+    with pytest.raises(ValueError, match="multiple of 32"):
+        clip_model_config((16, 16), embed_dim=8, width=48, layers=1, patch_size=8, text_width=32,
+                          text_layers=1, context_length=8)
+
+
+def test_schedule_and_template():
+    assert _lr_factor(0, 10, 100) == pytest.approx(0.1)
+    assert _lr_factor(9, 10, 100) == pytest.approx(1.0)
+    assert _lr_factor(10, 10, 100) == pytest.approx(1.0)
+    assert _lr_factor(55, 10, 100) == pytest.approx(0.5)
+    assert _lr_factor(100, 10, 100) == pytest.approx(0.0, abs=1e-12)
+    t = "a photo of a {adjective} {noun} {context}"
+    assert fill_template(t, "star") == "a photo of a star"
+    assert fill_template(t, "star", "red", "on the grass") == "a photo of a red star on the grass"
+    assert fill_template(t, "star", context="at night") == "a photo of a star at night"

@@ -1,0 +1,255 @@
+"""Decoders: sphere helpers, the world decoder (train, save, load, sample),
+the unCLIP / Stable Diffusion wrappers on tiny random-weight pipelines, and
+the embedder/decoder compatibility check. Tiny configs: seconds each."""
+from __future__ import annotations
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # everything below loads from local folders
+
+from failmap.decoder import (EmbeddingDecoderPipeline, ModalityBridge, check_compatible, load_decoder,  # noqa: E402
+                             normalize, slerp)
+from failmap.decoder_train import build_unet, train_decoder  # noqa: E402
+
+torch.set_num_threads(1)
+DIM = 8
+
+
+# ------------------------------------------------------------------ helpers
+def unit(rng, n, d=DIM):
+    return normalize(rng.normal(size=(n, d)))
+
+
+def test_slerp_endpoints_norm_and_even_angles():
+    rng = np.random.default_rng(0)
+    a, b = unit(rng, 1)[0], unit(rng, 1)[0]
+    np.testing.assert_allclose(slerp(a, b, 0.0), a, atol=1e-6)
+    np.testing.assert_allclose(slerp(a, b, 1.0), b, atol=1e-6)
+    alphas = np.linspace(0, 1, 5, dtype=np.float32)
+    path = slerp(np.tile(a, (5, 1)), b, alphas)
+    np.testing.assert_allclose(np.linalg.norm(path, axis=1), 1.0, atol=1e-6)
+    total = np.arccos(a @ b)
+    np.testing.assert_allclose(np.arccos(np.clip(path @ a, -1, 1)), alphas * total, atol=1e-4)
+    np.testing.assert_allclose(slerp(a, a * 3, 0.5), a, atol=1e-6)  # parallel: no 0/0
+    with pytest.raises(ValueError, match="opposite"):
+        slerp(a, -a, 0.5)
+    with pytest.raises(ValueError, match="all-zero"):
+        slerp(a, np.zeros(DIM), 0.5)
+
+
+def test_bridge_moves_text_centre_onto_image_centre():
+    rng = np.random.default_rng(1)
+    shared = unit(rng, 50)
+    image_gap, text_gap = np.eye(DIM)[0] * 2, np.eye(DIM)[1] * 2  # two cones
+    images, texts = normalize(shared + image_gap), normalize(shared + text_gap)
+    bridge = ModalityBridge.fit(images, texts)
+    bridged = bridge(texts)
+    # bridged captions sit in the image cone: closer to their own image than the raw text is
+    assert (np.sum(bridged * images, 1) > np.sum(texts * images, 1)).all()
+    assert np.mean(np.sum(bridged * images, 1)) > 0.95
+    with pytest.raises(ValueError, match="dimension"):
+        bridge(unit(rng, 2, DIM + 1))
+
+
+# ------------------------------------------------------------- world decoder
+def two_colour_world(n=64, side=8):
+    """Half the images solid red, half solid blue; the embedding says which."""
+    rng = np.random.default_rng(0)
+    which = np.arange(n) % 2
+    images = np.zeros((n, side, side, 3), np.uint8)
+    images[which == 0, ..., 0] = 230
+    images[which == 1, ..., 2] = 230
+    centres = np.eye(DIM)[[0, 1]]
+    image_embeds = normalize(centres[which] + 0.05 * rng.normal(size=(n, DIM)))
+    text_embeds = normalize(centres[which] + np.eye(DIM)[2])  # captions in another cone
+    return images, image_embeds, text_embeds, which
+
+
+TINY = dict(channels=[8, 16], batch_size=16, lr=3e-3, train_timesteps=100, warmup=5, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    images, image_embeds, text_embeds, which = two_colour_world()
+    out = tmp_path_factory.mktemp("decoder") / "world_decoder"
+    metrics = train_decoder(images, image_embeds, text_embeds, out, space="test-space", steps=150, seed=0, **TINY)
+    return out, metrics, (images, image_embeds, text_embeds, which)
+
+
+def test_train_decoder_learns_the_condition_and_round_trips(trained):
+    out, metrics, (_, image_embeds, text_embeds, which) = trained
+    assert metrics["final_loss"] < metrics["history"][0]["loss"]
+    pipe = load_decoder("world", out, device="cpu")
+    assert isinstance(pipe, EmbeddingDecoderPipeline)
+    assert (pipe.space, pipe.dim, pipe.image_size) == ("test-space", DIM, 8)
+    assert pipe.scheduler.config.steps_offset == 1
+    kwargs = dict(guidance_scale=2.0, num_inference_steps=10, seed=0, show_progress=False)
+    red_blue = np.eye(DIM)[[0, 1, 0, 1]]
+    images = pipe.decode_images(red_blue, **kwargs).astype(float)
+    assert images.shape == (4, 8, 8, 3) and pipe.decode_images(red_blue, **kwargs).dtype == np.uint8
+    red, blue = images[..., 0].mean((1, 2)), images[..., 2].mean((1, 2))
+    assert (red[[0, 2]] > blue[[0, 2]] + 40).all() and (blue[[1, 3]] > red[[1, 3]] + 40).all()
+    # captions go through the bridge and land on the right colour too
+    from_text = pipe.decode_texts(text_embeds[:4], **kwargs).astype(float)
+    red, blue = from_text[..., 0].mean((1, 2)), from_text[..., 2].mean((1, 2))
+    assert ((red > blue) == (which[:4] == 0)).all()
+
+
+def test_decoding_is_seeded_and_independent_of_batch_size(trained):
+    pipe = load_decoder("world", trained[0], device="cpu")
+    embeds = unit(np.random.default_rng(2), 5)
+    kwargs = dict(num_inference_steps=3, show_progress=False)
+    a = pipe(embeds, seed=7, batch_size=5, **kwargs)
+    np.testing.assert_array_equal(a, pipe(embeds, seed=7, batch_size=2, **kwargs))
+    assert not np.array_equal(a, pipe(embeds, seed=8, batch_size=5, **kwargs))
+    with pytest.raises(ValueError, match=r"\(N, 8\)"):
+        pipe(embeds[:, :4], **kwargs)
+    with pytest.raises(ValueError, match="NaN"):
+        pipe(np.full((1, DIM), np.nan), **kwargs)
+
+
+def test_save_pretrained_from_pretrained_same_images(trained, tmp_path):
+    pipe = EmbeddingDecoderPipeline.from_pretrained(trained[0])
+    pipe.save_pretrained(tmp_path / "copy")
+    again = EmbeddingDecoderPipeline.from_pretrained(tmp_path / "copy")
+    assert again.config.space == "test-space" and again.bridge is not None
+    np.testing.assert_allclose(again.bridge.mean_text, pipe.bridge.mean_text)
+    embeds = unit(np.random.default_rng(3), 2)
+    kwargs = dict(num_inference_steps=2, seed=0, show_progress=False)
+    np.testing.assert_array_equal(pipe(embeds, **kwargs), again(embeds, **kwargs))
+
+
+def test_train_decoder_is_deterministic(tmp_path):
+    images, image_embeds, text_embeds, _ = two_colour_world(n=16)
+    runs = []
+    for name in ("a", "b"):
+        train_decoder(images, image_embeds, text_embeds, tmp_path / name, space="s", steps=3, seed=5, **TINY)
+        runs.append(EmbeddingDecoderPipeline.from_pretrained(tmp_path / name).unet.state_dict())
+    for key in runs[0]:
+        torch.testing.assert_close(runs[0][key], runs[1][key], rtol=0, atol=0)
+
+
+def test_train_decoder_rejects_bad_input(tmp_path):
+    images, image_embeds, text_embeds, _ = two_colour_world(n=8)
+    with pytest.raises(ValueError, match="uint8"):
+        train_decoder(images.astype(np.float32), image_embeds, text_embeds, tmp_path, space="s", steps=1)
+    with pytest.raises(ValueError, match=r"image_embeds must be \(N=8"):
+        train_decoder(images, image_embeds[:5], text_embeds, tmp_path, space="s", steps=1)
+    with pytest.raises(ValueError, match="same D"):
+        train_decoder(images, image_embeds, text_embeds[:, :4], tmp_path, space="s", steps=1)
+    with pytest.raises(ValueError, match="cond_dropout"):
+        train_decoder(images, image_embeds, text_embeds, tmp_path, space="s", steps=1, cond_dropout=1.0)
+    with pytest.raises(ValueError, match="divisible"):
+        build_unet(DIM, [8, 16, 16, 16], image_size=8, patch_size=2)
+
+
+def test_load_decoder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pretrain_decoder"):
+        load_decoder("world", tmp_path / "missing", device="cpu")
+    with pytest.raises(ValueError, match="unknown decoder source"):
+        load_decoder("dalle", tmp_path, device="cpu")
+
+
+# ------------------------------------------------------------- compatibility
+class _Decoder:
+    def __init__(self, space, dim):
+        self.space, self.dim = space, dim
+
+
+def test_check_compatible_refuses_mismatches_with_params_hint():
+    check_compatible("world-clip:abc", 64, _Decoder("world-clip:abc", 64))
+    check_compatible("open_clip:X:file", 64, _Decoder(None, 64))  # unknown space: dimension only
+    with pytest.raises(ValueError, match=r"gives 64-dim .* expects 768-dim.*clip\.\*.*decoder\.\*"):
+        check_compatible("world-clip:abc", 64, _Decoder("open_clip:ViT-L-14:openai", 768))
+    with pytest.raises(ValueError, match=r"space mismatch.*'world-clip:abc'.*'world-clip:def'.*pretrain_decoder"):
+        check_compatible("world-clip:abc", 64, _Decoder("world-clip:def", 64))
+
+
+# ---------------------------------------------------------- real-model paths
+def open_clip_tokenizer():
+    """A transformers CLIPTokenizer on open_clip's bundled BPE file (offline)."""
+    import open_clip
+    from transformers import CLIPTokenizer
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    tok = CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, model_max_length=77)
+    reference = open_clip.get_tokenizer("ViT-B-32")(["a photo of a red star"])[0]
+    ids = tok("a photo of a red star")["input_ids"]
+    assert ids == reference[:len(ids)].tolist()  # same ids as open_clip's own tokenizer
+    return tok
+
+
+def tiny_sd_parts(class_embed_dim=None):
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    torch.manual_seed(0)
+    extra = dict(class_embed_type="projection", projection_class_embeddings_input_dim=class_embed_dim) \
+        if class_embed_dim else {}
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                                layers_per_block=1, norm_num_groups=8, cross_attention_dim=16,
+                                attention_head_dim=2, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), **extra)
+    vae = AutoencoderKL(block_out_channels=(8, 16), norm_num_groups=8, latent_channels=4, in_channels=3,
+                        out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16)
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                num_attention_heads=2, vocab_size=49408,
+                                                max_position_embeddings=77, projection_dim=16))
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=open_clip_tokenizer(),
+                scheduler=DDIMScheduler(steps_offset=1))
+
+
+@pytest.fixture(scope="module")
+def tiny_real_models(tmp_path_factory):
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, StableUnCLIPImg2ImgPipeline
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    root = tmp_path_factory.mktemp("real")
+    unclip = StableUnCLIPImg2ImgPipeline(
+        feature_extractor=CLIPImageProcessor(crop_size=16, size=16),
+        image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16,
+            patch_size=8, projection_dim=DIM)),
+        image_normalizer=StableUnCLIPImageNormalizer(embedding_dim=DIM),
+        image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
+        **tiny_sd_parts(class_embed_dim=2 * DIM))  # embedding + its noise-level embedding
+    unclip.save_pretrained(root / "unclip")
+    text = StableDiffusionPipeline(safety_checker=None, feature_extractor=None, image_encoder=None,
+                                   requires_safety_checker=False, **tiny_sd_parts())
+    text.save_pretrained(root / "sd")
+    return root / "unclip", root / "sd"
+
+
+def test_unclip_decoder_decodes_custom_vectors_and_captions(tiny_real_models):
+    unclip_dir, sd_dir = tiny_real_models
+    decoder = load_decoder("unclip", unclip_dir, text_model=sd_dir, device="cpu", image_size=32,
+                           space="tiny-space")
+    assert (decoder.dim, decoder.space) == (DIM, "tiny-space")
+    assert decoder.embedding_norm == pytest.approx(np.sqrt(DIM))  # normaliser std 1, mean 0
+    check_compatible("tiny-space", DIM, decoder)
+    vectors = unit(np.random.default_rng(4), 3)
+    kwargs = dict(num_inference_steps=2, guidance_scale=3.0, seed=0, batch_size=2, show_progress=False)
+    images = decoder.decode_images(vectors, **kwargs)
+    assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
+    np.testing.assert_array_equal(images[:1], decoder.decode_images(vectors[:1], **kwargs))
+    captions = decoder.decode_captions(["a photo of a red star", "a photo of a blue circle"], **kwargs)
+    assert captions.shape == (2, 32, 32, 3) and captions.dtype == np.uint8
+    with pytest.raises(ValueError, match="bridge"):
+        decoder.decode_texts(vectors, **kwargs)
+    with pytest.raises(ValueError, match=r"\(N, 8\)"):
+        decoder.decode_images(unit(np.random.default_rng(5), 2, DIM * 2), **kwargs)
+
+
+def test_unclip_without_text_model_refuses_captions(tiny_real_models):
+    decoder = load_decoder("unclip", tiny_real_models[0], device="cpu")
+    assert decoder.space is None  # a local folder of unknown provenance: dimension check only
+    with pytest.raises(ValueError, match="decoder.text_model"):
+        decoder.decode_captions(["a photo of a star"], num_inference_steps=1)

@@ -1,0 +1,277 @@
+"""params.yaml schema: the real file loads, defaults fill gaps, and every bad
+input fails with a message naming the dotted key and the offending value."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from failmap.params import ParamsError, Params, as_dict, flatten, load_params, main, params_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = REPO / "params.yaml"
+
+
+def error_of(raw) -> str:
+    with pytest.raises(ParamsError) as info:
+        params_from_dict(raw)
+    return str(info.value)
+
+
+def dotted_keys(raw: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for name, value in raw.items():
+        if isinstance(value, dict):
+            keys |= dotted_keys(value, f"{prefix}{name}.")
+        else:
+            keys.add(prefix + name)
+    return keys
+
+
+# ------------------------------------------------------------ good inputs
+
+def test_real_params_yaml_loads_and_spells_out_every_key():
+    params = load_params(REAL)
+    assert isinstance(params, Params)
+    raw = yaml.safe_load(REAL.read_text())
+    # Every schema key is written in params.yaml (nothing rests on a hidden default), and back.
+    assert dotted_keys(raw) == set(flatten(params))
+
+
+def test_defaults_are_valid():
+    assert params_from_dict(as_dict(Params())) == Params()
+
+
+def test_partial_file_takes_defaults(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 7\nworld:\n  n_train: 60\nclip:\n  train:\n    steps: 3\n")
+    params = load_params(path)
+    assert (params.seed, params.world.n_train, params.clip.train.steps) == (7, 60, 3)
+    assert params.world.classes == Params().world.classes
+    assert params.clip.train.lr == Params().clip.train.lr
+    assert params.svm == Params().svm
+
+
+def test_int_accepted_where_float_expected():
+    params = params_from_dict({"baseline": {"lr": 1}, "svm": {"c_grid": [1, 0.5]}})
+    assert params.baseline.lr == 1.0 and isinstance(params.baseline.lr, float)
+    assert all(isinstance(c, float) for c in params.svm.c_grid)
+
+
+def test_planted_values_from_the_chosen_vocabulary_pass():
+    colours = ["red", "blue", "red"]
+    params = params_from_dict({"world": {"classes": ["a", "b", "c"], "planted_attribute": "colour",
+                                         "planted_values": colours}})
+    assert params.world.planted_values == colours
+
+
+def test_flatten_round_trips_to_as_dict():
+    params = params_from_dict({"seed": 3, "finetune": {"seeds": [4]}})
+    flat = flatten(params)
+    assert flat["seed"] == 3 and flat["finetune.seeds"] == [4]
+    assert flat["clip.train.lr"] == params.clip.train.lr
+    nested: dict = {}
+    for key, value in flat.items():
+        *sections, leaf = key.split(".")
+        node = nested
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    assert nested == as_dict(params)
+    assert params_from_dict(nested) == params
+
+
+# ------------------------------------------------------------ file-level errors
+
+def test_missing_file_names_it(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ParamsError, match="nope.yaml.*not found"):
+        load_params(path)
+
+
+def test_yaml_syntax_error_names_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("world:\n  classes: [a, b\n")
+    with pytest.raises(ParamsError, match="broken.yaml.*not valid YAML"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("text, shown", [("- 1\n- 2\n", "[1, 2]"), ("", "None")])
+def test_top_level_must_be_a_mapping(tmp_path, text, shown):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    assert "p.yaml" in str(info.value) and shown in str(info.value) and "mapping" in str(info.value)
+
+
+def test_key_error_from_file_names_file_and_key(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("world:\n  train_rate: 1.5\n")
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    assert "p.yaml" in str(info.value) and "world.train_rate = 1.5" in str(info.value)
+
+
+def test_section_must_be_a_mapping():
+    msg = error_of({"clip": 5})
+    assert "clip = 5" in msg and "mapping" in msg
+
+
+# ------------------------------------------------------------ key-level errors
+
+@pytest.mark.parametrize("raw, key, suggestion", [
+    ({"world": {"train_rat": 0.1}}, "world.train_rat", "world.train_rate"),
+    ({"train_rate": 0.1}, "train_rate", "world.train_rate"),          # right key, wrong section
+    ({"clip": {"train": {"step": 5}}}, "clip.train.step", "clip.train.steps"),
+])
+def test_unknown_key_suggests_closest(raw, key, suggestion):
+    msg = error_of(raw)
+    assert f"{key} = " in msg and "unknown key" in msg and suggestion in msg
+
+
+@pytest.mark.parametrize("raw, key, shown, expected", [
+    ({"baseline": {"lr": "fast"}}, "baseline.lr", "'fast'", "a number"),
+    ({"baseline": {"lr": "1e-3"}}, "baseline.lr", "'1e-3'", "1.0e-3"),    # YAML's float pitfall
+    ({"baseline": {"epochs": True}}, "baseline.epochs", "True", "an integer"),
+    ({"world": {"noise": False}}, "world.noise", "False", "a number"),
+    ({"baseline": {"epochs": 2.5}}, "baseline.epochs", "2.5", "an integer"),
+    ({"baseline": {"augment": 1}}, "baseline.augment", "1", "true or false"),
+    ({"clip": {"arch": 14}}, "clip.arch", "14", "a string"),
+    ({"world": {"classes": "circle"}}, "world.classes", "'circle'", "a list"),
+    ({"finetune": {"seeds": [0, "1"]}}, "finetune.seeds[1]", "'1'", "an integer"),
+])
+def test_wrong_type(raw, key, shown, expected):
+    msg = error_of(raw)
+    assert f"{key} = {shown}" in msg and expected in msg
+
+
+@pytest.mark.parametrize("raw, key, shown, expected", [
+    ({"world": {"train_rate": 1.5}}, "world.train_rate", "1.5", "[0, 1]"),
+    ({"world": {"eval_rate": -0.1}}, "world.eval_rate", "-0.1", "[0, 1]"),
+    ({"world": {"noise": float("nan")}}, "world.noise", "nan", "[0, 1]"),
+    ({"world": {"n_train": 0}}, "world.n_train", "0", ">= 1"),
+    ({"data": {"n_pool": -1}}, "data.n_pool", "-1", ">= 0"),
+    ({"baseline": {"lr": 0}}, "baseline.lr", "0", "> 0"),
+    ({"finetune": {"momentum": 1}}, "finetune.momentum", "1", "[0, 1)"),
+    ({"seed": -3}, "seed", "-3", ">= 0"),
+    ({"clip": {"train": {"batch_size": 1}}}, "clip.train.batch_size", "1", ">= 2"),
+    ({"decoder": {"train": {"channels": [32, 0]}}}, "decoder.train.channels[1]", "0", ">= 1"),
+    ({"tracking": {"uri": ""}}, "tracking.uri", "''", "non-empty"),
+])
+def test_out_of_range(raw, key, shown, expected):
+    msg = error_of(raw)
+    assert f"{key} = {shown}" in msg and expected in msg
+
+
+@pytest.mark.parametrize("section, key, allowed", [
+    ("data", "source", "cifar100_superclass"),
+    ("world", "planted_attribute", "colour"),
+    ("baseline", "arch", "resnet18"),
+    ("clip", "source", "open_clip"),
+    ("decoder", "source", "unclip"),
+    ("baseline", "device", "cuda"),
+    ("clip", "device", "cuda"),
+    ("decoder", "device", "cuda"),
+])
+def test_choice_not_allowed(section, key, allowed):
+    msg = error_of({section: {key: "bogus"}})
+    assert f"{section}.{key} = 'bogus'" in msg and allowed in msg
+
+
+def test_arm_not_allowed():
+    msg = error_of({"finetune": {"arms": ["none", "magic"]}})
+    assert "finetune.arms[1] = 'magic'" in msg and "pool_confidence" in msg
+
+
+@pytest.mark.parametrize("section, key", [
+    ("world", "classes"), ("world", "colours"), ("world", "contexts"),
+    ("finetune", "arms"), ("finetune", "seeds"), ("svm", "c_grid"), ("generate", "eval_alphas"),
+    ("decoder.train", "channels"),
+])
+def test_empty_list(section, key):
+    raw: dict = {key: []}
+    for part in reversed(section.split(".")):
+        raw = {part: raw}
+    msg = error_of(raw)
+    assert f"{section}.{key} = []" in msg and "at least" in msg
+
+
+@pytest.mark.parametrize("key", ["classes", "colours", "contexts"])
+def test_duplicates_in_world_vocabularies(key):
+    msg = error_of({"world": {key: ["a", "b", "a"]}})
+    assert f"world.{key} = ['a', 'b', 'a']" in msg and "repeated: 'a'" in msg
+
+
+# ------------------------------------------------------------ cross-field errors
+
+def test_min_size_above_max_size():
+    msg = error_of({"world": {"min_size": 0.9, "max_size": 0.5}})
+    assert "world.min_size = 0.9" in msg and "world.max_size (0.5)" in msg
+
+
+def test_one_class_is_not_enough():
+    msg = error_of({"world": {"classes": ["circle"]}})
+    assert "world.classes = ['circle']" in msg and "at least 2" in msg
+
+
+def test_planted_values_need_one_per_class():
+    msg = error_of({"world": {"classes": ["a", "b", "c"], "planted_values": ["grass"]}})
+    assert "world.planted_values = ['grass']" in msg and "(3)" in msg
+
+
+@pytest.mark.parametrize("attribute, value, vocab", [("context", "red", "world.contexts"),
+                                                     ("colour", "grass", "world.colours")])
+def test_planted_values_must_come_from_the_attribute_vocabulary(attribute, value, vocab):
+    msg = error_of({"world": {"classes": ["a", "b"], "planted_attribute": attribute,
+                              "planted_values": ["snow" if attribute == "context" else "blue", value]}})
+    assert f"world.planted_values[1] = '{value}'" in msg and vocab in msg
+
+
+def test_c_grid_must_be_positive():
+    msg = error_of({"svm": {"c_grid": [0.1, -1.0]}})
+    assert "svm.c_grid[1] = -1.0" in msg and "> 0" in msg
+
+
+def test_svm_needs_two_folds():
+    msg = error_of({"svm": {"folds": 1}})
+    assert "svm.folds = 1" in msg and ">= 2" in msg
+
+
+@pytest.mark.parametrize("raw, key, shown", [
+    ({"generate": {"alpha": 0}}, "generate.alpha", "0"),
+    ({"generate": {"alpha": 1.2}}, "generate.alpha", "1.2"),
+    ({"generate": {"eval_alphas": [0.1, 0.0]}}, "generate.eval_alphas[1]", "0.0"),
+    ({"generate": {"eval_alphas": [1.5]}}, "generate.eval_alphas[0]", "1.5"),
+])
+def test_alphas_in_zero_one(raw, key, shown):
+    msg = error_of(raw)
+    assert f"{key} = {shown}" in msg and "(0, 1]" in msg
+
+
+@pytest.mark.parametrize("template", ["a photo of a {adjective} thing", "a {colour} {noun}", "a {noun"])
+def test_caption_template_needs_noun_and_known_slots(template):
+    msg = error_of({"caption": {"template": template}})
+    assert f"caption.template = {template!r}" in msg and "{noun}" in msg
+
+
+# ------------------------------------------------------------ command line
+
+def test_main_reports_ok_and_errors(tmp_path, capsys):
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("seed: 1\n")
+    bad.write_text("svm:\n  folds: 1\n")
+    assert main([str(good)]) == 0
+    assert capsys.readouterr().out.strip() == "ok"
+    assert main([str(bad)]) == 2
+    assert "svm.folds = 1" in capsys.readouterr().err
+
+
+def test_module_entry_point_exits_2_on_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("world:\n  classes: circle\n")
+    done = subprocess.run([sys.executable, "-m", "failmap.params", str(bad)], capture_output=True, text=True)
+    assert done.returncode == 2 and "world.classes = 'circle'" in done.stderr
