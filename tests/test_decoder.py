@@ -70,14 +70,16 @@ def two_colour_world(n=64, side=8):
     return images, image_embeds, text_embeds, which
 
 
-TINY = dict(channels=[8, 16], batch_size=16, lr=3e-3, train_timesteps=100, warmup=5, device="cpu")
+# v-prediction: on this toy it learns the condition in a few dozen steps (epsilon needs hundreds)
+TINY = dict(channels=[8, 16], batch_size=16, lr=1e-2, train_timesteps=100, warmup=5, device="cpu",
+            prediction_type="v_prediction")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     images, image_embeds, text_embeds, which = two_colour_world()
     out = tmp_path_factory.mktemp("decoder") / "world_decoder"
-    metrics = train_decoder(images, image_embeds, text_embeds, out, space="test-space", steps=150, seed=0, **TINY)
+    metrics = train_decoder(images, image_embeds, text_embeds, out, space="test-space", steps=60, seed=0, **TINY)
     return out, metrics, (images, image_embeds, text_embeds, which)
 
 
@@ -176,9 +178,10 @@ def open_clip_tokenizer():
     import open_clip
     from transformers import CLIPTokenizer
     from open_clip.tokenizer import bytes_to_unicode, default_bpe
-    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    merges = [tuple(line.split()) for line in lines]
     vocab = list(bytes_to_unicode().values())
-    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     tok = CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, model_max_length=77)
     reference = open_clip.get_tokenizer("ViT-B-32")(["a photo of a red star"])[0]
@@ -204,7 +207,7 @@ def tiny_sd_parts(class_embed_dim=None):
                                                 num_attention_heads=2, vocab_size=49408,
                                                 max_position_embeddings=77, projection_dim=16))
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=open_clip_tokenizer(),
-                scheduler=DDIMScheduler(steps_offset=1))
+                scheduler=DDIMScheduler(steps_offset=1, clip_sample=False))
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +242,9 @@ def test_unclip_decoder_decodes_custom_vectors_and_captions(tiny_real_models):
     kwargs = dict(num_inference_steps=2, guidance_scale=3.0, seed=0, batch_size=2, show_progress=False)
     images = decoder.decode_images(vectors, **kwargs)
     assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
-    np.testing.assert_array_equal(images[:1], decoder.decode_images(vectors[:1], **kwargs))
+    # the same image alone as in a batch (up to float rounding of batched kernels)
+    alone = decoder.decode_images(vectors[:1], **kwargs)
+    np.testing.assert_allclose(images[:1].astype(int), alone.astype(int), atol=2)
     captions = decoder.decode_captions(["a photo of a red star", "a photo of a blue circle"], **kwargs)
     assert captions.shape == (2, 32, 32, 3) and captions.dtype == np.uint8
     with pytest.raises(ValueError, match="bridge"):

@@ -53,15 +53,14 @@ class UnclipDecoder:
         self.bridge = bridge
         self.noise_level = int(noise_level)
         self._text_pipe: StableDiffusionPipeline | None = None
-        normalizer = pipe.image_normalizer
-        self.embedding_norm = float(torch.sqrt((normalizer.mean.float() ** 2).sum()
-                                               + (normalizer.std.float() ** 2).sum()))
+        mean, std = pipe.image_normalizer.mean.detach().float(), pipe.image_normalizer.std.detach().float()
+        self.embedding_norm = float(torch.sqrt((mean ** 2).sum() + (std ** 2).sum()))
 
     @classmethod
     def from_pretrained(cls, model: str | Path, *, text_model: str | Path | None = None, device: str = "cpu",
                         image_size: int | None = None, space: str | None = None, **kwargs) -> "UnclipDecoder":
         dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
-        pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(str(model), torch_dtype=dtype).to(device)
+        pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(str(model), dtype=dtype).to(device)
         return cls(pipe, text_model=text_model, image_size=image_size,
                    space=space if space is not None else KNOWN_SPACES.get(str(model)), **kwargs)
 
@@ -115,7 +114,7 @@ class UnclipDecoder:
         if self._text_pipe is None:
             if self.text_model is None:
                 raise ValueError("no text-to-image model given (decoder.text_model): captions cannot be decoded")
-            pipe = StableDiffusionPipeline.from_pretrained(self.text_model, torch_dtype=self.dtype)
+            pipe = StableDiffusionPipeline.from_pretrained(self.text_model, dtype=self.dtype)
             pipe.set_progress_bar_config(disable=True)
             self._text_pipe = pipe.to(self.device)
         return self._text_pipe
