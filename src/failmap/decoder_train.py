@@ -35,7 +35,7 @@ HEAD_DIM = 32           # attention head width
 
 
 def build_unet(embed_dim: int, channels: list[int] | tuple[int, ...], image_size: int, patch_size: int = 2,
-               time_conditioning: bool = True) -> UNet2DConditionModel:
+               time_conditioning: bool = True, attention_levels: int = 0) -> UNet2DConditionModel:
     """A small conditional UNet: one block per entry of ``channels`` (the
     first at full resolution without attention, the lower ones with
     self-attention + one-token cross-attention), one ResNet layer per block.
@@ -56,8 +56,9 @@ def build_unet(embed_dim: int, channels: list[int] | tuple[int, ...], image_size
     if size % 2 ** (len(channels) - 1):
         raise ValueError(f"{len(channels)} resolutions need the UNet input side ({size} = image_size / "
                          f"patch_size) divisible by {2 ** (len(channels) - 1)}")
-    down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(channels) - 1)
-    up = ("CrossAttnUpBlock2D",) * (len(channels) - 1) + ("UpBlock2D",)
+    attn = [i >= len(channels) - attention_levels for i in range(len(channels))]
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn))
     extra = dict(class_embed_type="projection", projection_class_embeddings_input_dim=embed_dim) \
         if time_conditioning else {}
     return UNet2DConditionModel(
@@ -82,7 +83,7 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
                   batch_size: int = 64, lr: float = 1e-3, cond_dropout: float = 0.1,
                   train_timesteps: int = 1000, seed: int = 0, device: str = "auto", patch_size: int = 2,
                   time_conditioning: bool = True, ema_decay: float = 0.999, warmup: int = 100,
-                  prediction_type: str = "epsilon", beta_schedule: str = "squaredcos_cap_v2",
+                  prediction_type: str = "epsilon", beta_schedule: str = "squaredcos_cap_v2", attention_levels: int = 0,
                   log_every: int = 50) -> dict:
     """Train the world decoder on (image, image embedding) pairs; save it to ``out_dir``.
 
@@ -118,7 +119,7 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
 
     torch.manual_seed(seed)  # weight initialisation
     dim = image_embeds.shape[1]
-    unet = build_unet(dim, channels, h, patch_size, time_conditioning).to(dev).train()
+    unet = build_unet(dim, channels, h, patch_size, time_conditioning, attention_levels).to(dev).train()
     noise_scheduler = DDPMScheduler(num_train_timesteps=train_timesteps, beta_schedule=beta_schedule,
                                     prediction_type=prediction_type, clip_sample=True)
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(dev)

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+
+from failmap.world import CONTEXT_PHRASE, choose_planted, generate_world
+
+SMALL = dict(classes=["circle", "square", "triangle", "star", "cross"],
+             colours=["red", "orange", "yellow", "green", "blue"],
+             contexts=["grass", "indoors", "snow", "water", "night"],
+             n_train=1500, n_val=1000, n_test=40, n_pool=30, n_corpus=50,
+             planted_attribute="context", planted_values=None, train_rate=0.02, eval_rate=0.3,
+             confuser_rate=0.6, noise=0.05, min_size=0.4, max_size=0.8)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return generate_world(seed=3, **SMALL)
+
+
+def test_same_seed_same_world(world):
+    again = generate_world(seed=3, **SMALL)
+    for name, split in world.splits.items():
+        assert np.array_equal(split.images, again.splits[name].images)
+        assert np.array_equal(split.labels, again.splits[name].labels)
+    assert world.ground_truth == again.ground_truth
+
+
+def test_other_seed_other_world(world):
+    other = generate_world(seed=4, **SMALL)
+    assert not np.array_equal(world.splits["test"].images, other.splits["test"].images)
+
+
+def test_split_sizes_and_balance(world):
+    for name in ("train", "val", "test", "pool", "corpus"):
+        assert len(world.splits[name]) == SMALL[f"n_{name}"]
+    counts = np.bincount(world.splits["train"].labels)
+    assert counts.max() - counts.min() <= 1
+    assert world.splits["train"].images.shape[1:] == (32, 32, 3)
+
+
+def _rows(world, split):
+    return [r for r in world.ground_truth if r["split"] == split]
+
+
+def test_planted_rates(world):
+    train, val = _rows(world, "train"), _rows(world, "val")
+    train_rate = np.mean([r["subpop"] for r in train])
+    val_rate = np.mean([r["subpop"] for r in val])
+    assert train_rate < 0.05          # 2% planted (binomial noise on 1500 images)
+    assert 0.25 < val_rate < 0.35     # 30% planted
+
+
+def test_confuser_carries_planted_value_in_train(world):
+    planted = {c: v["value"] for c, v in world.meta["planted"].items()}
+    classes = SMALL["classes"]
+    train = _rows(world, "train")
+    for k, c in enumerate(classes):
+        confuser = classes[(k + 1) % len(classes)]
+        share = np.mean([r["context"] == planted[c] for r in train if r["class_name"] == confuser])
+        assert share > 0.45, (c, confuser, share)
+
+
+def test_subpop_flag_matches_attributes(world):
+    planted = {c: v["value"] for c, v in world.meta["planted"].items()}
+    for r in world.ground_truth:
+        assert r["subpop"] == int(r["context"] == planted[r["class_name"]])
+
+
+def test_captions_name_the_attributes(world):
+    corpus = world.splits["corpus"]
+    truth = {r["id"]: r for r in world.ground_truth}
+    for caption, i in zip(corpus.captions, corpus.ids):
+        r = truth[i]
+        assert caption.startswith("a photo of a ")
+        assert r["class_name"] in caption
+    # attributes are dropped only sometimes: most captions name colour and context
+    named = np.mean([truth[i]["colour"] in c and CONTEXT_PHRASE[truth[i]["context"]] in c
+                     for c, i in zip(corpus.captions, corpus.ids)])
+    assert named > 0.4
+    assert world.splits["train"].captions is None
+
+
+def test_planted_values_from_params_and_vocab(world):
+    w = generate_world(seed=0, **{**SMALL, "planted_values": ["snow"] * 5, "n_train": 50, "n_val": 10})
+    assert {v["value"] for v in w.meta["planted"].values()} == {"snow"}
+    assert w.meta["vocab"]["contexts"] == [CONTEXT_PHRASE[c] for c in SMALL["contexts"]]
+    assert w.meta["vocab"]["adjectives"] == SMALL["colours"]
+
+
+def test_choose_planted_distinct_while_values_last():
+    assert len(set(choose_planted(list("abcde"), list("vwxyz"), seed=1))) == 5
+
+
+def test_unknown_vocabulary_is_refused():
+    with pytest.raises(ValueError, match="unknown shape 'blob'"):
+        generate_world(seed=0, **{**SMALL, "classes": ["blob", "circle"]})
