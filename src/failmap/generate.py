@@ -1,0 +1,399 @@
+"""Synthetic images per class for the interventions (METHOD.md step 5).
+
+Three training arms, each decoded per class:
+
+- ``generic``: the reference caption "a photo of a {class}" only;
+- ``caption``: the class's top hard captions, cycled;
+- ``direction``: the class reference embedding moved along the great circle
+  towards the hard pole of its SVM direction by ``alpha``;
+
+and one evaluation set: for every alpha of a sweep, hard (towards the hard
+pole) and easy (towards the easy pole) images, plus neutral ones (alpha 0).
+
+The class reference embedding (image space). The direction is slerped from
+the *normalised mean image embedding of the class* (``class_reference_
+embeddings``; the stage passes the train split). Why not the bridged text
+embedding of the reference caption: the decoder was trained on image
+embeddings, and the mean image embedding of a class lies inside the image
+cone by construction, where the decoder knows the class best; the modality
+bridge only shifts text embeddings by one global offset, so how close a
+bridged caption lands to its class's images varies from class to class. The
+train split is the distribution the baseline learned, mostly the easy side
+of every class, so alpha 0 draws a "typical" image of the class and moving
+towards the hard pole adds what the model has seldom seen. Averaging over
+colours, contexts and sizes leaves the mean without any attribute of its own:
+the decoder's noise chooses those, which keeps the neutral images varied.
+
+Seeds. A decoder draws all starting noise of one call from one seed, so
+image i of a call depends only on the seed and its own conditioning vector.
+Each (set, class) is one call, whose seed is ``derive_seed(base_seed, set,
+class)``: the images of a class do not change when another class is skipped
+or added. The evaluation set uses the same seed for hard, neutral and easy
+images of a class at every alpha: image i of each differs only in its
+conditioning, so the hard/neutral/easy comparison is paired. The manifest
+stores each image's call seed and its position in that call
+(``noise_index``), enough to redraw any single image.
+
+Classes whose SVM was skipped have no direction and no hard captions: they
+get no ``caption`` / ``direction`` / evaluation images; the reason is
+printed and recorded in ``GeneratedSet.skipped``.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from failmap.data import Split, save_split
+from failmap.decoder import slerp
+from failmap.io import atomic_path
+from failmap.svm import ClassSVM, Skip
+
+TRAIN_ARMS = ("generic", "caption", "direction")
+EVAL_SET = "eval"
+SIDES = ("hard", "neutral", "easy")
+MANIFEST_FIELDS = ("id", "set", "class", "label", "side", "alpha", "caption", "seed", "noise_index", "file", "index")
+
+EmbedTexts = Callable[[list[str]], np.ndarray]
+
+
+def derive_seed(base_seed: int, *parts) -> int:
+    """A 31-bit seed that is a fixed function of ``base_seed`` and ``parts``
+    (e.g. arm and class): stable across runs and Python versions, unlike hash()."""
+    key = "|".join(str(p) for p in (int(base_seed),) + parts)
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def class_reference_embeddings(image_embeds: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n_classes, D): per class, the mean of its image embeddings scaled to unit norm
+    (see the module docstring for why this is the reference)."""
+    X = np.asarray(image_embeds, dtype=np.float64)
+    labels = np.asarray(labels)
+    if X.ndim != 2 or labels.shape != (len(X),):
+        raise ValueError(f"image_embeds must be (N, D) with labels (N,), got {X.shape} and {labels.shape}")
+    out = np.zeros((n_classes, X.shape[1]))
+    for k in range(n_classes):
+        rows = X[labels == k]
+        if not len(rows):
+            raise ValueError(f"class {k} has no image embeddings to average: a reference embedding needs at least one")
+        mean = rows.mean(0)
+        norm = np.linalg.norm(mean)
+        if norm < 1e-8:
+            raise ValueError(f"the mean image embedding of class {k} is zero: it has no direction")
+        out[k] = mean / norm
+    return out.astype(np.float32)
+
+
+@dataclass
+class GeneratedSet:
+    """Decoded images of one set (a training arm or the evaluation set) and one
+    manifest row per image; ``skipped``: class name -> why it has no images."""
+    name: str
+    images: np.ndarray          # uint8 (N, H, W, 3)
+    labels: np.ndarray          # int64 (N,)
+    rows: list[dict]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if len(self.images) != len(self.labels) or len(self.rows) != len(self.labels):
+            raise ValueError(f"set {self.name!r}: {len(self.images)} images, {len(self.labels)} labels and "
+                             f"{len(self.rows)} manifest rows must match")
+        for i, row in enumerate(self.rows):
+            if row["index"] != i or row["label"] != int(self.labels[i]) or row["set"] != self.name:
+                raise ValueError(f"set {self.name!r}: manifest row {i} ({row['id']}) does not describe image {i}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return np.array([r["id"] for r in self.rows], dtype=str)
+
+    def mask(self, **where) -> np.ndarray:
+        """Boolean mask of the rows whose fields equal the given values (e.g. side="hard", alpha=0.3)."""
+        out = np.ones(len(self), dtype=bool)
+        for key, value in where.items():
+            out &= np.array([r[key] == value for r in self.rows], dtype=bool)
+        return out
+
+
+class _Builder:
+    """Collects the decoded calls of one set and numbers its manifest rows."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.images: list[np.ndarray] = []
+        self.rows: list[dict] = []
+        self.skipped: dict[str, str] = {}
+
+    def add(self, images: np.ndarray, *, class_name: str, label: int, side: str, alpha: float | None,
+            captions: Sequence[str], seed: int, tag: str) -> None:
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or len(images) != len(captions):
+            raise ValueError(f"the decoder returned {images.dtype} {images.shape} for {len(captions)} conditions; "
+                             f"expected uint8 ({len(captions)}, H, W, 3)")
+        for i, caption in enumerate(captions):
+            self.rows.append(dict(id=f"{self.name}-{class_name}-{tag}-{i:04d}", set=self.name, **{"class": class_name},
+                                  label=int(label), side=side, alpha=alpha, caption=caption, seed=int(seed),
+                                  noise_index=i, file=f"{self.name}.npz", index=len(self.rows)))
+        self.images.append(images)
+
+    def skip(self, class_name: str, reason: str) -> None:
+        self.skipped[class_name] = reason
+        print(f"generate[{self.name}]: class {class_name!r} skipped: {reason}", file=sys.stderr)
+
+    def build(self) -> GeneratedSet:
+        if self.images:
+            images = np.concatenate(self.images)
+        else:
+            images = np.zeros((0, 1, 1, 3), np.uint8)
+        labels = np.array([r["label"] for r in self.rows], dtype=np.int64)
+        return GeneratedSet(self.name, images, labels, self.rows, self.skipped)
+
+
+def _check_count(n: int, name: str) -> int:
+    if int(n) != n or n < 1:
+        raise ValueError(f"{name} must be a positive integer, got {n}")
+    return int(n)
+
+
+def _hard_pole(class_svm: ClassSVM | Skip, dim: int, class_name: str) -> np.ndarray | str:
+    """The unit vector at the hard end of the class's raw-space direction, or why there is none."""
+    if isinstance(class_svm, Skip):
+        return f"no SVM: {class_svm.reason}"
+    if not isinstance(class_svm, ClassSVM):
+        raise TypeError(f"svms[{class_name!r}] must be a ClassSVM or a Skip, got {type(class_svm).__name__}")
+    direction = class_svm.direction_raw
+    if direction.shape != (dim,):
+        raise ValueError(f"the SVM direction of class {class_name!r} has dimension {direction.shape[-1]} but the "
+                         f"decoder's space has {dim}: SVMs and decoder must use the same CLIP space")
+    return -direction.astype(np.float32)  # direction_raw points to the easy side
+
+
+def _check_references(references: np.ndarray, n_classes: int, dim: int) -> np.ndarray:
+    references = np.asarray(references, dtype=np.float32)
+    if references.shape != (n_classes, dim):
+        raise ValueError(f"references must be ({n_classes}, {dim}) (one reference embedding per class in the "
+                         f"decoder's {dim}-dim space), got {references.shape}")
+    return references
+
+
+def _check_svms(svms: Mapping[int, ClassSVM | Skip], n_classes: int) -> None:
+    missing = [k for k in range(n_classes) if k not in svms]
+    if missing:
+        raise ValueError(f"svms has no entry (ClassSVM or Skip) for class indices {missing}")
+
+
+def generate_generic(decoder, embed_texts: EmbedTexts, class_names: Sequence[str], reference_captions: Sequence[str],
+                     n_per_class: int, base_seed: int, **decode_kwargs) -> GeneratedSet:
+    """``n_per_class`` images per class from its reference caption alone; the
+    images differ only by their starting noise."""
+    n = _check_count(n_per_class, "n_per_class")
+    if len(reference_captions) != len(class_names):
+        raise ValueError(f"{len(reference_captions)} reference captions for {len(class_names)} classes")
+    out = _Builder("generic")
+    for k, name in enumerate(class_names):
+        captions = [reference_captions[k]] * n
+        seed = derive_seed(base_seed, "generic", name)
+        images = decoder.decode_captions(captions, embed_texts(captions), seed=seed, **decode_kwargs)
+        out.add(images, class_name=name, label=k, side="neutral", alpha=None, captions=captions, seed=seed, tag="g")
+    return out.build()
+
+
+def generate_caption(decoder, embed_texts: EmbedTexts, class_names: Sequence[str],
+                     hard_captions: Mapping[int, Sequence[str]], svms: Mapping[int, ClassSVM | Skip],
+                     n_per_class: int, base_seed: int, **decode_kwargs) -> GeneratedSet:
+    """``n_per_class`` images per class from its top hard captions (image i from
+    caption i mod k, so each caption gets an equal share, hardest first)."""
+    n = _check_count(n_per_class, "n_per_class")
+    _check_svms(svms, len(class_names))
+    out = _Builder("caption")
+    for k, name in enumerate(class_names):
+        if isinstance(svms[k], Skip):
+            out.skip(name, f"no SVM, hence no hard captions: {svms[k].reason}")
+            continue
+        top = [c for c in hard_captions.get(k, []) if c]
+        if not top:
+            raise ValueError(f"class {name!r} has an SVM but no hard captions: the captions output is incomplete")
+        captions = [top[i % len(top)] for i in range(n)]
+        seed = derive_seed(base_seed, "caption", name)
+        images = decoder.decode_captions(captions, embed_texts(captions), seed=seed, **decode_kwargs)
+        out.add(images, class_name=name, label=k, side="hard", alpha=None, captions=captions, seed=seed, tag="c")
+    return out.build()
+
+
+def generate_direction(decoder, class_names: Sequence[str], references: np.ndarray,
+                       svms: Mapping[int, ClassSVM | Skip], alpha: float, n_per_class: int, base_seed: int,
+                       **decode_kwargs) -> GeneratedSet:
+    """``n_per_class`` images per class from slerp(reference, hard pole, alpha)."""
+    n = _check_count(n_per_class, "n_per_class")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1] (a slerp weight), got {alpha}")
+    _check_svms(svms, len(class_names))
+    references = _check_references(references, len(class_names), decoder.dim)
+    out = _Builder("direction")
+    for k, name in enumerate(class_names):
+        pole = _hard_pole(svms[k], decoder.dim, name)
+        if isinstance(pole, str):
+            out.skip(name, pole)
+            continue
+        condition = slerp(references[k], pole, alpha)
+        seed = derive_seed(base_seed, "direction", name)
+        images = decoder.decode_images(np.repeat(condition[None], n, axis=0), seed=seed, **decode_kwargs)
+        out.add(images, class_name=name, label=k, side="hard", alpha=float(alpha), captions=[""] * n, seed=seed,
+                tag=f"a{alpha:g}")
+    return out.build()
+
+
+def generate_eval(decoder, class_names: Sequence[str], references: np.ndarray, svms: Mapping[int, ClassSVM | Skip],
+                  alphas: Sequence[float], n_per_class: int, base_seed: int, **decode_kwargs) -> GeneratedSet:
+    """Per class: ``n_per_class`` neutral images (alpha 0) and, for every alpha,
+    as many hard (towards the hard pole) and easy (towards the easy pole) ones,
+    all from the same noise (see the module docstring)."""
+    n = _check_count(n_per_class, "n_per_class")
+    alphas = [float(a) for a in alphas]
+    if not alphas or any(not 0.0 < a <= 1.0 for a in alphas) or len(set(alphas)) != len(alphas):
+        raise ValueError(f"alphas must be distinct slerp weights in (0, 1] (alpha 0 is the neutral set, always "
+                         f"drawn), got {alphas}")
+    _check_svms(svms, len(class_names))
+    references = _check_references(references, len(class_names), decoder.dim)
+    out = _Builder(EVAL_SET)
+    for k, name in enumerate(class_names):
+        pole = _hard_pole(svms[k], decoder.dim, name)
+        if isinstance(pole, str):
+            out.skip(name, pole)
+            continue
+        seed = derive_seed(base_seed, EVAL_SET, name)
+        jobs = [("neutral", 0.0, references[k])]
+        for a in alphas:
+            jobs += [("hard", a, slerp(references[k], pole, a)), ("easy", a, slerp(references[k], -pole, a))]
+        for side, a, condition in jobs:
+            images = decoder.decode_images(np.repeat(condition[None], n, axis=0), seed=seed, **decode_kwargs)
+            out.add(images, class_name=name, label=k, side=side, alpha=a, captions=[""] * n, seed=seed,
+                    tag=f"{side}-a{a:g}")
+    return out.build()
+
+
+# ------------------------------------------------------------ baseline check
+
+def accuracy_on_generated(model, images: np.ndarray, labels: np.ndarray, device: str,
+                          class_names: Sequence[str] | None = None) -> dict:
+    """A classifier's accuracy and mean confidence in the true class on images
+    (and per class, given ``class_names``). Confidence is reported because
+    accuracy saturates: easy and neutral images can both be all correct."""
+    from failmap.train import predictions
+
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if not len(labels):
+        return {"accuracy": None, "confidence": None, "n": 0}
+    p = predictions(model, images, labels, device)
+    out = {"accuracy": float(p["correct"].mean()), "confidence": float(p["confidence"].mean()), "n": int(len(labels))}
+    if class_names is not None:
+        out["per_class"] = {c: float(p["correct"][labels == k].mean()) for k, c in enumerate(class_names)
+                            if (labels == k).any()}
+    return out
+
+
+def hard_neutral_easy_report(model, eval_set: GeneratedSet, class_names: Sequence[str], device: str) -> dict:
+    """The paper's check on the evaluation set: per alpha, the classifier's
+    accuracy on hard, neutral and easy images; ``ordered`` is True when
+    accuracy is hard < neutral < easy, ``hard_lowest`` when hard < both."""
+    neutral = accuracy_on_generated(model, eval_set.images[eval_set.mask(side="neutral")],
+                                    eval_set.labels[eval_set.mask(side="neutral")], device, class_names)
+    alphas = sorted({r["alpha"] for r in eval_set.rows if r["side"] != "neutral"})
+    report = {"neutral": neutral, "alphas": {}, "skipped": dict(eval_set.skipped)}
+    for a in alphas:
+        row = {"neutral": neutral}
+        for side in ("hard", "easy"):
+            m = eval_set.mask(side=side, alpha=a)
+            row[side] = accuracy_on_generated(model, eval_set.images[m], eval_set.labels[m], device, class_names)
+        acc = {s: row[s]["accuracy"] for s in SIDES}
+        if None not in acc.values():
+            row["ordered"] = bool(acc["hard"] < acc["neutral"] < acc["easy"])
+            row["hard_lowest"] = bool(acc["hard"] < min(acc["neutral"], acc["easy"]))
+        report["alphas"][f"{a:g}"] = row
+    return report
+
+
+# ------------------------------------------------------------ saving
+
+def save_generated(folder: str | Path, generated: GeneratedSet) -> Path:
+    """``<folder>/<name>.npz`` in the prepared-split format (images, labels,
+    ids, conditioning captions), so later stages read it with ``load_split``."""
+    if not len(generated):
+        raise ValueError(f"set {generated.name!r} has no images to save (every class skipped?)")
+    split = Split(images=generated.images, labels=generated.labels, ids=generated.ids,
+                  captions=np.array([r["caption"] for r in generated.rows], dtype=str))
+    return save_split(folder, generated.name, split)
+
+
+def write_manifest(path: str | Path, sets: Sequence[GeneratedSet]) -> Path:
+    """One CSV row per generated image of every set (alpha empty where it does not apply)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+            writer.writeheader()
+            for s in sets:
+                for row in s.rows:
+                    writer.writerow({k: ("" if row[k] is None else row[k]) for k in MANIFEST_FIELDS})
+    return path
+
+
+def read_manifest(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found (run the generate stage first)")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key in ("label", "seed", "noise_index", "index"):
+            row[key] = int(row[key])
+        row["alpha"] = float(row["alpha"]) if row["alpha"] != "" else None
+    return rows
+
+
+def save_grid(generated: GeneratedSet, path: str | Path, per_group: int = 8, alpha: float | None = None,
+              upscale: int = 3) -> Path:
+    """A PNG with one row of ``per_group`` images per class (per class and side
+    for the evaluation set: hard, neutral, easy at ``alpha``, default the
+    largest). Rows stay aligned: a short group is padded with blank cells."""
+    from failmap.plots import image_grid
+
+    if not len(generated):
+        raise ValueError(f"set {generated.name!r} has no images to draw")
+    per_group = _check_count(per_group, "per_group")
+    groups: dict[tuple, list[int]] = {}
+    if generated.name == EVAL_SET:
+        alphas = sorted({r["alpha"] for r in generated.rows if r["side"] != "neutral"})
+        alpha = alphas[-1] if alpha is None else float(alpha)
+        if alpha not in alphas:
+            raise ValueError(f"alpha {alpha} is not in the evaluation set (alphas {alphas})")
+        wanted = {"hard": alpha, "neutral": 0.0, "easy": alpha}
+        for i, r in enumerate(generated.rows):
+            if wanted[r["side"]] == r["alpha"]:
+                groups.setdefault((r["label"], SIDES.index(r["side"])), []).append(i)
+        title = f"{generated.name}: hard / neutral / easy, alpha {alpha:g}"
+    else:
+        for i, r in enumerate(generated.rows):
+            groups.setdefault((r["label"],), []).append(i)
+        title = f"{generated.name}: one row per class"
+    blank = np.full(generated.images.shape[1:], 255, np.uint8)
+    cells, labels = [], []
+    for key in sorted(groups):
+        picked = groups[key][:per_group]
+        for i in picked:
+            r = generated.rows[i]
+            cells.append(generated.images[i])
+            text = r["caption"].removeprefix("a photo of a ") if r["caption"] else f"{r['side']} {r['alpha'] or 0:g}"
+            labels.append(f"{r['class']}: {text}")
+        cells += [blank] * (per_group - len(picked))
+        labels += [""] * (per_group - len(picked))
+    return image_grid(np.stack(cells), path, ncol=per_group, upscale=upscale, title=title, labels=labels)

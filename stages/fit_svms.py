@@ -1,0 +1,62 @@
+"""Stage fit_svms: per class, a linear SVM on val CLIP embeddings separating
+the baseline's correct from wrong predictions (METHOD.md step 3). Scores the
+directions on held-out test against confidence and random baselines."""
+import numpy as np
+
+from failmap.data import load_ground_truth, load_meta, subpop_mask
+from failmap.embeddings import load_embeddings
+from failmap.io import atomic_path, write_json
+from failmap.plots import write_plot_data
+from failmap.predictions import load_predictions
+from failmap.ranking import fit_threshold, mean_over_classes, ranking_report, roc_rows, to_jsonable
+from failmap.stage import BASELINE_PREDICTIONS, EMBEDDINGS, METRICS, PLOTS, PREPARED, SVM_DIR, run_stage
+from failmap.svm import ClassSVM, decision_values, fit_all, save_svms
+
+
+def main():
+    with run_stage("fit_svms") as (p, run):
+        meta, truth = load_meta(PREPARED), load_ground_truth(PREPARED)
+        classes = meta["classes"]
+        pred = {s: load_predictions(f"{BASELINE_PREDICTIONS}/{s}.csv") for s in ("train", "val", "test", "pool")
+                if s in meta["splits"]}
+        X = {s: load_embeddings(EMBEDDINGS, s, pred[s]["id"]) for s in pred}
+        val, test = pred["val"], pred["test"]
+        pre, svms = fit_all(X["val"], val["label"], val["correct"], X["train"], classes,
+                            p.svm.c_grid, p.svm.folds, p.seed, p.svm.max_iter)
+        save_svms(f"{SVM_DIR}/svms.npz", f"{SVM_DIR}/svms.json", pre, svms, classes)
+        decisions = {s: decision_values(svms, X[s], pred[s]["label"]) for s in ("test", "pool") if s in pred}
+        with atomic_path(f"{SVM_DIR}/decisions.npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **{f"{s}_decision": d for s, d in decisions.items()},
+                         **{f"{s}_ids": pred[s]["id"] for s in decisions})
+
+        in_subpop = subpop_mask(truth, test["id"])
+        per_class, skipped = {}, {}
+        for k, name in enumerate(classes):
+            svm = svms[k]
+            if not isinstance(svm, ClassSVM):
+                skipped[name] = svm.reason
+                print(f"fit_svms: class '{name}' skipped: {svm.reason}")
+                continue
+            v, t = val["label"] == k, test["label"] == k
+            report = ranking_report(decisions["test"][t], test["confidence"][t], test["correct"][t],
+                                    fit_threshold(val["confidence"][v], val["correct"][v]),
+                                    None if in_subpop is None else in_subpop[t])
+            report["C"], report["cv_balanced_accuracy"] = svm.C, svm.cv_score
+            per_class[name] = report
+        metrics = to_jsonable({"per_class": per_class, "mean": mean_over_classes(per_class),
+                               "n_classes_fitted": len(per_class), "skipped": skipped})
+        write_json(f"{METRICS}/svm.json", metrics)
+
+        # ROC of flagging test errors (and the planted subpopulation) by low score, pooled over fitted classes
+        fitted = np.isfinite(decisions["test"])
+        scores = {"svm": decisions["test"][fitted], "confidence": test["confidence"][fitted]}
+        write_plot_data(roc_rows(scores, test["correct"][fitted] == 0), f"{PLOTS}/svm/roc_errors.json")
+        if in_subpop is not None:
+            write_plot_data(roc_rows(scores, in_subpop[fitted]), f"{PLOTS}/svm/roc_subpop.json")
+        run.log_metrics(metrics)
+        run.log_artifact(f"{PLOTS}/svm", "svm")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Generation of the intervention images with a fake decoder whose pixels spell
+out the conditioning vector: what was asked for is what can be read back."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from failmap.data import load_split
+from failmap.decoder import normalize, slerp
+from failmap.generate import (class_reference_embeddings, derive_seed, generate_caption, generate_direction,
+                              generate_eval, generate_generic, hard_neutral_easy_report, read_manifest, save_generated,
+                              save_grid, write_manifest)
+from failmap.svm import ClassSVM, Preprocessor, Skip
+
+D = 4
+SIDE = 6
+NOISE = 0.3  # per-image shift of every channel, drawn from the call's seed
+CLASSES = ["circle", "square"]
+
+
+class FakeDecoder:
+    """Image i of a call is filled with (v[0], v[1], v[2]) + u_i (u_i from the
+    seed) mapped from [-1, 1] to 0..255, where v is its unit conditioning vector."""
+    dim = D
+
+    def __init__(self):
+        self.calls = []
+
+    def decode_images(self, embeds, seed=0, **kwargs):
+        v = normalize(np.asarray(embeds))
+        u = np.random.default_rng(seed).uniform(-NOISE, NOISE, size=(len(v), 1))
+        self.calls.append(dict(kind="images", n=len(v), seed=seed, kwargs=kwargs))
+        colour = np.clip(v[:, :3] + u, -1, 1)
+        pixels = np.round((colour + 1) * 127.5).astype(np.uint8)
+        return np.broadcast_to(pixels[:, None, None, :], (len(v), SIDE, SIDE, 3)).copy()
+
+    def decode_captions(self, captions, text_embeds, seed=0, **kwargs):
+        assert len(captions) == len(text_embeds)
+        return self.decode_images(text_embeds, seed=seed, **kwargs)  # identity bridge
+
+
+def embed_texts(texts):
+    """A fixed unit vector per text."""
+    rows = [np.random.default_rng(int(hashlib.sha1(t.encode()).hexdigest()[:8], 16)).normal(size=D) for t in texts]
+    return normalize(np.array(rows))
+
+
+def colour_of(images):
+    """Back from pixels to the (noisy) first three coordinates."""
+    return images[:, 0, 0, :].astype(float) / 127.5 - 1
+
+
+def make_svm(weight):
+    pre = Preprocessor(mean=np.zeros(D), std=np.ones(D))
+    return ClassSVM(C=1.0, cv_score=0.7, cv_scores={1.0: 0.7}, weight=np.asarray(weight, float), intercept=0.0,
+                    preprocessor=pre, n_val=50, n_errors=10, converged=True)
+
+
+SKIP = Skip(reason="1 wrong and 49 correct predictions", n_val=50, n_errors=1)
+# class 0: the easy side is +e0, so the hard pole is -e0; class 1 has no SVM
+SVMS = {0: make_svm([1.0, 0.0, 0.0, 0.0]), 1: SKIP}
+REFS = normalize(np.array([[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]]))
+
+
+def noise(seed, n):
+    return np.random.default_rng(seed).uniform(-NOISE, NOISE, size=(n, 1))
+
+
+def test_derive_seed_is_stable_and_distinct():
+    assert derive_seed(0, "generic", "circle") == derive_seed(0, "generic", "circle")
+    seeds = {derive_seed(b, arm, c) for b in (0, 1) for arm in ("generic", "caption") for c in CLASSES}
+    assert len(seeds) == 8
+    assert all(0 <= s < 2 ** 31 for s in seeds)
+
+
+def test_class_reference_embeddings_are_normalised_class_means():
+    X = np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]])
+    refs = class_reference_embeddings(X, np.array([0, 0, 1]), 2)
+    np.testing.assert_allclose(refs[0], [2 ** -0.5, 2 ** -0.5, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(refs[1], [0, 0, 1, 0])
+    with pytest.raises(ValueError, match="class 2 has no image embeddings"):
+        class_reference_embeddings(X, np.array([0, 0, 1]), 3)
+
+
+def test_generic_decodes_the_reference_caption_of_every_class():
+    dec = FakeDecoder()
+    refs = [f"a photo of a {c}" for c in CLASSES]
+    out = generate_generic(dec, embed_texts, CLASSES, refs, n_per_class=5, base_seed=3, num_inference_steps=7)
+    assert len(out) == 10 and out.images.shape == (10, SIDE, SIDE, 3)
+    assert out.labels.tolist() == [0] * 5 + [1] * 5
+    assert all(c["kwargs"] == {"num_inference_steps": 7} for c in dec.calls)
+    for k, name in enumerate(CLASSES):
+        m = out.labels == k
+        seed = derive_seed(3, "generic", name)
+        expected = np.clip(embed_texts([refs[k]])[0, :3] + noise(seed, 5), -1, 1)
+        np.testing.assert_allclose(colour_of(out.images[m]), expected, atol=0.01)
+        rows = [r for r in out.rows if r["label"] == k]
+        assert {r["caption"] for r in rows} == {refs[k]} and {r["seed"] for r in rows} == {seed}
+        assert [r["noise_index"] for r in rows] == list(range(5))
+    assert [r["index"] for r in out.rows] == list(range(10))
+    assert len(set(out.ids)) == 10 and out.skipped == {}
+
+
+def test_caption_cycles_the_hard_captions_and_skips_classes_without_svm():
+    dec = FakeDecoder()
+    hard = {0: ["a photo of a circle on the grass", "a photo of a red circle", "a photo of a circle at night"]}
+    out = generate_caption(dec, embed_texts, CLASSES, hard, SVMS, n_per_class=7, base_seed=0)
+    assert out.labels.tolist() == [0] * 7
+    assert [r["caption"] for r in out.rows] == [hard[0][i % 3] for i in range(7)]
+    expected = np.clip(embed_texts([r["caption"] for r in out.rows])[:, :3]
+                       + noise(derive_seed(0, "caption", "circle"), 7), -1, 1)
+    np.testing.assert_allclose(colour_of(out.images), expected, atol=0.01)
+    assert list(out.skipped) == ["square"] and SKIP.reason in out.skipped["square"]
+    with pytest.raises(ValueError, match="no hard captions"):
+        generate_caption(dec, embed_texts, CLASSES, {}, SVMS, n_per_class=2, base_seed=0)
+
+
+def test_direction_moves_the_reference_towards_the_hard_pole():
+    dec = FakeDecoder()
+    out = generate_direction(dec, CLASSES, REFS, SVMS, alpha=0.4, n_per_class=6, base_seed=1)
+    assert out.labels.tolist() == [0] * 6 and list(out.skipped) == ["square"]
+    condition = slerp(REFS[0], -SVMS[0].direction_raw, 0.4)
+    assert condition[0] < REFS[0][0]  # towards -e0, the hard side
+    expected = np.clip(condition[:3] + noise(derive_seed(1, "direction", "circle"), 6), -1, 1)
+    np.testing.assert_allclose(colour_of(out.images), expected, atol=0.01)
+    assert {r["alpha"] for r in out.rows} == {0.4} and {r["side"] for r in out.rows} == {"hard"}
+    with pytest.raises(ValueError, match=r"references must be \(2, 4\)"):
+        generate_direction(dec, CLASSES, REFS[:1], SVMS, alpha=0.4, n_per_class=2, base_seed=1)
+    with pytest.raises(ValueError, match="alpha"):
+        generate_direction(dec, CLASSES, REFS, SVMS, alpha=1.5, n_per_class=2, base_seed=1)
+
+
+def test_direction_refuses_an_svm_of_another_space():
+    svms = {0: make_svm(np.ones(D + 1)), 1: SKIP}
+    with pytest.raises(ValueError, match="same CLIP space"):
+        generate_direction(FakeDecoder(), CLASSES, REFS, svms, alpha=0.3, n_per_class=2, base_seed=0)
+
+
+def test_eval_set_is_paired_and_covers_every_side_and_alpha():
+    dec = FakeDecoder()
+    out = generate_eval(dec, CLASSES, REFS, SVMS, alphas=[0.2, 0.5], n_per_class=4, base_seed=2)
+    assert len(out) == 4 * (1 + 2 * 2) and list(out.skipped) == ["square"]
+    assert out.mask(side="neutral").sum() == 4 and out.mask(side="hard", alpha=0.5).sum() == 4
+    u = noise(derive_seed(2, "eval", "circle"), 4)
+    np.testing.assert_allclose(colour_of(out.images[out.mask(side="neutral")]),
+                               np.clip(REFS[0][:3] + u, -1, 1), atol=0.01)
+    for a in (0.2, 0.5):
+        for side, pole in (("hard", np.array([-1.0, 0, 0, 0])), ("easy", np.array([1.0, 0, 0, 0]))):
+            got = colour_of(out.images[out.mask(side=side, alpha=a)])
+            np.testing.assert_allclose(got, np.clip(slerp(REFS[0], pole, a)[:3] + u, -1, 1), atol=0.01)
+    assert len({c["seed"] for c in dec.calls}) == 1  # same noise for every side and alpha
+    with pytest.raises(ValueError, match="alphas"):
+        generate_eval(dec, CLASSES, REFS, SVMS, alphas=[0.0, 0.3], n_per_class=2, base_seed=2)
+
+
+def test_same_base_seed_same_images_other_seed_other_noise():
+    a = generate_eval(FakeDecoder(), CLASSES, REFS, SVMS, alphas=[0.3], n_per_class=3, base_seed=5)
+    b = generate_eval(FakeDecoder(), CLASSES, REFS, SVMS, alphas=[0.3], n_per_class=3, base_seed=5)
+    c = generate_eval(FakeDecoder(), CLASSES, REFS, SVMS, alphas=[0.3], n_per_class=3, base_seed=6)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert a.rows == b.rows
+    assert not np.array_equal(a.images, c.images)
+
+
+class RedThreshold(torch.nn.Module):
+    """Class 0 when the mean red value (in [-1, 1]) exceeds 0.75, else class 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(1, 2)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[10.0], [-10.0]]))
+            self.fc.bias.copy_(torch.tensor([-7.5, 7.5]))
+
+    def forward(self, x):
+        return self.fc(x[:, :1].mean((2, 3)))
+
+
+def test_hard_neutral_easy_report_orders_a_classifier_that_leans_on_the_direction():
+    out = generate_eval(FakeDecoder(), CLASSES, REFS, SVMS, alphas=[0.3], n_per_class=200, base_seed=0)
+    report = hard_neutral_easy_report(RedThreshold(), out, CLASSES, "cpu")
+    row = report["alphas"]["0.3"]
+    acc = {s: row[s]["accuracy"] for s in ("hard", "neutral", "easy")}
+    # red of neutral 0.71, hard 0.08, easy 0.85, each +- 0.3: threshold 0.75
+    assert acc["hard"] == 0.0 and 0.3 < acc["neutral"] < 0.6 and acc["easy"] > 0.6
+    assert row["ordered"] and row["hard_lowest"]
+    assert row["hard"]["confidence"] < row["neutral"]["confidence"] < row["easy"]["confidence"]
+    assert report["neutral"]["n"] == 200 and "square" in report["skipped"]
+
+
+def test_save_manifest_and_grid_round_trip(tmp_path):
+    dec = FakeDecoder()
+    sets = [generate_generic(dec, embed_texts, CLASSES, [f"a photo of a {c}" for c in CLASSES], 3, 0),
+            generate_eval(dec, CLASSES, REFS, SVMS, alphas=[0.1, 0.3], n_per_class=2, base_seed=0)]
+    for s in sets:
+        save_generated(tmp_path, s)
+        split = load_split(tmp_path, s.name)
+        np.testing.assert_array_equal(split.images, s.images)
+        np.testing.assert_array_equal(split.labels, s.labels)
+        assert split.ids.tolist() == s.ids.tolist()
+    rows = read_manifest(write_manifest(tmp_path / "manifest.csv", sets))
+    assert rows == [r for s in sets for r in s.rows]
+    for r in rows:  # each row points at its image
+        split = load_split(tmp_path, r["file"].removesuffix(".npz"))
+        assert split.ids[r["index"]] == r["id"] and split.labels[r["index"]] == r["label"]
+
+    grid = Image.open(save_grid(sets[1], tmp_path / "eval.png", per_group=4, alpha=0.3, upscale=2))
+    # one class with an SVM x 3 sides = 3 rows of 4 cells (2 images + 2 blanks)
+    from failmap.plots import grid_size
+    assert grid.size == grid_size(12, SIDE, SIDE, ncol=4, upscale=2, title=True, labels=True)
+    with pytest.raises(ValueError, match="alpha 0.7"):
+        save_grid(sets[1], tmp_path / "x.png", alpha=0.7)
+    save_grid(sets[0], tmp_path / "generic.png", per_group=3)
+    assert (tmp_path / "generic.png").exists()
