@@ -55,7 +55,7 @@ def colour_of(images):
 
 
 def make_svm(weight):
-    pre = Preprocessor(mean=np.zeros(D), std=np.ones(D))
+    pre = Preprocessor(mean=np.zeros(len(weight)), std=np.ones(len(weight)))
     return ClassSVM(C=1.0, cv_score=0.7, cv_scores={1.0: 0.7}, weight=np.asarray(weight, float), intercept=0.0,
                     preprocessor=pre, n_val=50, n_errors=10, converged=True)
 
