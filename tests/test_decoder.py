@@ -253,8 +253,14 @@ def test_unclip_decoder_decodes_custom_vectors_and_captions(tiny_real_models):
         decoder.decode_images(unit(np.random.default_rng(5), 2, DIM * 2), **kwargs)
 
 
-def test_unclip_without_text_model_refuses_captions(tiny_real_models):
-    decoder = load_decoder("unclip", tiny_real_models[0], device="cpu")
+def test_unclip_with_bridge_decodes_texts_and_without_text_model_refuses_captions(tiny_real_models):
+    rng = np.random.default_rng(6)
+    bridge = ModalityBridge.fit(unit(rng, 10), unit(rng, 10))
+    decoder = load_decoder("unclip", tiny_real_models[0], device="cpu", bridge=bridge)
     assert decoder.space is None  # a local folder of unknown provenance: dimension check only
+    images = decoder.decode_texts(unit(rng, 2), num_inference_steps=1, show_progress=False)
+    assert images.shape == (2, 16, 16, 3)  # no image_size given: the pipeline's own size
     with pytest.raises(ValueError, match="decoder.text_model"):
         decoder.decode_captions(["a photo of a star"], num_inference_steps=1)
+    with pytest.raises(ValueError, match="carries the bridge"):
+        load_decoder("world", tiny_real_models[0], device="cpu", bridge=bridge)

@@ -187,8 +187,9 @@ def test_aggregate_mean_std_and_delta():
     assert direction["n_extra"] == 600 and direction["seeds"] == [0, 1]
     assert out["delta_vs_none"]["direction"]["hard_acc_gt"] == pytest.approx(0.13)
     assert list(out["delta_vs_none"]) == ["direction"]
-    assert plot_rows(out, "hard_acc_gt") == [{"arm": "none", "mean": pytest.approx(0.42), "std": pytest.approx(0.02 * np.sqrt(2))},
-                                             {"arm": "direction", "mean": pytest.approx(0.55), "std": pytest.approx(np.sqrt(0.005))}]
+    assert plot_rows(out, "hard_acc_gt") == [
+        {"arm": "none", "mean": pytest.approx(0.42), "std": pytest.approx(0.02 * np.sqrt(2))},
+        {"arm": "direction", "mean": pytest.approx(0.55), "std": pytest.approx(np.sqrt(0.005))}]
 
 
 def test_aggregate_single_seed_missing_ground_truth_and_errors():

@@ -12,8 +12,8 @@ from PIL import Image
 from failmap.data import load_split
 from failmap.decoder import normalize, slerp
 from failmap.generate import (class_reference_embeddings, derive_seed, generate_caption, generate_direction,
-                              generate_eval, generate_generic, hard_neutral_easy_report, read_manifest, save_generated,
-                              save_grid, write_manifest)
+                              generate_eval, generate_generic, hard_neutral_easy_report, read_manifest,
+                              sample_reference_embeddings, save_generated, save_grid, write_manifest)
 from failmap.svm import ClassSVM, Preprocessor, Skip
 
 D = 4
@@ -183,12 +183,12 @@ class RedThreshold(torch.nn.Module):
 def test_hard_neutral_easy_report_orders_a_classifier_that_leans_on_the_direction():
     out = generate_eval(FakeDecoder(), CLASSES, REFS, SVMS, alphas=[0.3], n_per_class=200, base_seed=0)
     report = hard_neutral_easy_report(RedThreshold(), out, CLASSES, "cpu")
-    row = report["alphas"]["0.3"]
-    acc = {s: row[s]["accuracy"] for s in ("hard", "neutral", "easy")}
+    row = report["alphas"]["alpha_0.3"]
+    acc = {"hard": row["hard"]["accuracy"], "neutral": report["neutral"]["accuracy"], "easy": row["easy"]["accuracy"]}
     # red of neutral 0.71, hard 0.08, easy 0.85, each +- 0.3: threshold 0.75
     assert acc["hard"] == 0.0 and 0.3 < acc["neutral"] < 0.6 and acc["easy"] > 0.6
     assert row["ordered"] and row["hard_lowest"]
-    assert row["hard"]["confidence"] < row["neutral"]["confidence"] < row["easy"]["confidence"]
+    assert row["hard"]["confidence"] < report["neutral"]["confidence"] < row["easy"]["confidence"]
     assert report["neutral"]["n"] == 200 and "square" in report["skipped"]
 
 
@@ -216,3 +216,28 @@ def test_save_manifest_and_grid_round_trip(tmp_path):
         save_grid(sets[1], tmp_path / "x.png", alpha=0.7)
     save_grid(sets[0], tmp_path / "generic.png", per_group=3)
     assert (tmp_path / "generic.png").exists()
+
+
+def test_per_image_references_are_sampled_per_class_and_cycled():
+    X = normalize(np.random.default_rng(0).normal(size=(20, D)))
+    labels = np.arange(20) % 2
+    keep = np.arange(20) < 16
+    refs = sample_reference_embeddings(X, labels, 2, m=3, seed=0, keep=keep)
+    assert refs.shape == (2, 3, D)
+    for k in range(2):  # each reference is a kept row of its class, no repeats
+        rows = [int(np.flatnonzero(np.all(np.isclose(X, r), axis=1))[0]) for r in refs[k]]
+        assert all(labels[i] == k and keep[i] for i in rows) and len(set(rows)) == 3
+    np.testing.assert_array_equal(refs, sample_reference_embeddings(X, labels, 2, m=3, seed=0, keep=keep))
+    with pytest.raises(ValueError, match="class 2 has no image embeddings"):
+        sample_reference_embeddings(X, labels, 3, m=3, seed=0)
+
+    dec = FakeDecoder()
+    out = generate_direction(dec, CLASSES, refs, SVMS, alpha=0.25, n_per_class=5, base_seed=0)
+    starts = refs[0][np.arange(5) % 3]
+    expected = np.clip(slerp(starts, -SVMS[0].direction_raw, 0.25)[:, :3]
+                       + noise(derive_seed(0, "direction", "circle"), 5), -1, 1)
+    np.testing.assert_allclose(colour_of(out.images), expected, atol=0.01)
+    ev = generate_eval(dec, CLASSES, refs, SVMS, alphas=[0.5], n_per_class=4, base_seed=0)
+    np.testing.assert_allclose(colour_of(ev.images[ev.mask(side="neutral")]),
+                               np.clip(refs[0][np.arange(4) % 3][:, :3] + noise(derive_seed(0, "eval", "circle"), 4),
+                                       -1, 1), atol=0.01)

@@ -266,7 +266,8 @@ def check_compatible(embedder_space: str, embedder_dim: int, decoder) -> None:
 
 
 def load_decoder(source: str, model_dir_or_id: str | Path, text_model: str | Path | None = None,
-                 device: str = "auto", image_size: int | None = None, space: str | None = None):
+                 device: str = "auto", image_size: int | None = None, space: str | None = None,
+                 bridge: ModalityBridge | None = None):
     """The decoder the params ask for.
 
     source 'world': the ``EmbeddingDecoderPipeline`` folder the pretrain_decoder
@@ -274,11 +275,15 @@ def load_decoder(source: str, model_dir_or_id: str | Path, text_model: str | Pat
     pipeline (hub id or local folder) for vectors and a Stable Diffusion
     text-to-image pipeline (``text_model``) for captions, outputs resized to
     ``image_size``; ``space`` declares its CLIP space when the model is not a
-    known hub id.
+    known hub id; ``bridge`` (``ModalityBridge.fit`` on embeddings of the
+    embedder's space) lets it decode text embeddings. The world decoder
+    carries its own bridge, fitted on its training corpus.
     """
     from failmap.device import resolve_device
     dev = resolve_device(device)
     if source == "world":
+        if bridge is not None:
+            raise ValueError("the world decoder carries the bridge it was trained with; do not pass bridge=")
         folder = Path(model_dir_or_id)
         if not (folder / "model_index.json").is_file():
             raise FileNotFoundError(f"no saved world decoder in {folder} (model_index.json missing): "
@@ -291,5 +296,5 @@ def load_decoder(source: str, model_dir_or_id: str | Path, text_model: str | Pat
     if source == "unclip":
         from failmap.decoder_unclip import UnclipDecoder
         return UnclipDecoder.from_pretrained(model_dir_or_id, text_model=text_model, device=dev,
-                                             image_size=image_size, space=space)
+                                             image_size=image_size, space=space, bridge=bridge)
     raise ValueError(f"unknown decoder source '{source}': expected one of {SOURCES}")

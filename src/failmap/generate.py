@@ -23,6 +23,9 @@ of every class, so alpha 0 draws a "typical" image of the class and moving
 towards the hard pole adds what the model has seldom seen. Averaging over
 colours, contexts and sizes leaves the mean without any attribute of its own:
 the decoder's noise chooses those, which keeps the neutral images varied.
+Where the CLIP space separates classes weakly, so that class means lie close
+together, ``sample_reference_embeddings`` gives one real image embedding of
+the class per decoded image instead (both shapes are accepted).
 
 Seeds. A decoder draws all starting noise of one call from one seed, so
 image i of a call depends only on the seed and its own conditioning vector.
@@ -69,6 +72,12 @@ def derive_seed(base_seed: int, *parts) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
+def _check_count(n: int, name: str) -> int:
+    if int(n) != n or n < 1:
+        raise ValueError(f"{name} must be a positive integer, got {n}")
+    return int(n)
+
+
 def class_reference_embeddings(image_embeds: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
     """(n_classes, D): per class, the mean of its image embeddings scaled to unit norm
     (see the module docstring for why this is the reference)."""
@@ -87,6 +96,35 @@ def class_reference_embeddings(image_embeds: np.ndarray, labels: np.ndarray, n_c
             raise ValueError(f"the mean image embedding of class {k} is zero: it has no direction")
         out[k] = mean / norm
     return out.astype(np.float32)
+
+
+def sample_reference_embeddings(image_embeds: np.ndarray, labels: np.ndarray, n_classes: int, m: int, seed: int,
+                                keep: np.ndarray | None = None) -> np.ndarray:
+    """(n_classes, m, D): m image embeddings per class drawn at random (without
+    replacement while the class has enough), among the rows where ``keep`` is
+    True (e.g. the train images the baseline gets right).
+
+    The alternative to the class mean: each decoded image starts from one real
+    image of the class, so it keeps that image's shape even where the CLIP
+    space separates classes weakly and their means lie close together; the
+    starts also bring their own colours and sizes, hence more varied images.
+    """
+    X = np.asarray(image_embeds, dtype=np.float32)
+    labels = np.asarray(labels)
+    if X.ndim != 2 or labels.shape != (len(X),):
+        raise ValueError(f"image_embeds must be (N, D) with labels (N,), got {X.shape} and {labels.shape}")
+    keep = np.ones(len(X), bool) if keep is None else np.asarray(keep, bool)
+    if keep.shape != labels.shape:
+        raise ValueError(f"keep must have shape {labels.shape}, got {keep.shape}")
+    m = _check_count(m, "m")
+    out = np.zeros((n_classes, m, X.shape[1]), np.float32)
+    for k in range(n_classes):
+        rows = np.flatnonzero((labels == k) & keep)
+        if not len(rows):
+            raise ValueError(f"class {k} has no image embeddings to sample references from")
+        rng = np.random.default_rng([int(seed), k])
+        out[k] = X[rng.choice(rows, m, replace=len(rows) < m)]
+    return out
 
 
 @dataclass
@@ -156,12 +194,6 @@ class _Builder:
         return GeneratedSet(self.name, images, labels, self.rows, self.skipped)
 
 
-def _check_count(n: int, name: str) -> int:
-    if int(n) != n or n < 1:
-        raise ValueError(f"{name} must be a positive integer, got {n}")
-    return int(n)
-
-
 def _hard_pole(class_svm: ClassSVM | Skip, dim: int, class_name: str) -> np.ndarray | str:
     """The unit vector at the hard end of the class's raw-space direction, or why there is none."""
     if isinstance(class_svm, Skip):
@@ -176,11 +208,21 @@ def _hard_pole(class_svm: ClassSVM | Skip, dim: int, class_name: str) -> np.ndar
 
 
 def _check_references(references: np.ndarray, n_classes: int, dim: int) -> np.ndarray:
+    """(n_classes, m, dim) float32: m references per class (m = 1 for class means)."""
     references = np.asarray(references, dtype=np.float32)
-    if references.shape != (n_classes, dim):
-        raise ValueError(f"references must be ({n_classes}, {dim}) (one reference embedding per class in the "
-                         f"decoder's {dim}-dim space), got {references.shape}")
+    if references.ndim == 2:
+        references = references[:, None, :]
+    if references.ndim != 3 or references.shape[0] != n_classes or references.shape[2] != dim \
+            or references.shape[1] < 1:
+        raise ValueError(f"references must be ({n_classes}, {dim}) (one reference embedding per class) or "
+                         f"({n_classes}, m, {dim}) (m per class) in the decoder's {dim}-dim space, got "
+                         f"{references.shape}")
     return references
+
+
+def _cycled(references_k: np.ndarray, n: int) -> np.ndarray:
+    """n conditioning starts for one class: reference i mod m for image i."""
+    return references_k[np.arange(n) % len(references_k)]
 
 
 def _check_svms(svms: Mapping[int, ClassSVM | Skip], n_classes: int) -> None:
@@ -230,7 +272,11 @@ def generate_caption(decoder, embed_texts: EmbedTexts, class_names: Sequence[str
 def generate_direction(decoder, class_names: Sequence[str], references: np.ndarray,
                        svms: Mapping[int, ClassSVM | Skip], alpha: float, n_per_class: int, base_seed: int,
                        **decode_kwargs) -> GeneratedSet:
-    """``n_per_class`` images per class from slerp(reference, hard pole, alpha)."""
+    """``n_per_class`` images per class from slerp(reference, hard pole, alpha).
+
+    ``references``: (n_classes, D), one start per class (``class_reference_
+    embeddings``), or (n_classes, m, D), image i starting from reference i mod m
+    (``sample_reference_embeddings``)."""
     n = _check_count(n_per_class, "n_per_class")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1] (a slerp weight), got {alpha}")
@@ -242,9 +288,9 @@ def generate_direction(decoder, class_names: Sequence[str], references: np.ndarr
         if isinstance(pole, str):
             out.skip(name, pole)
             continue
-        condition = slerp(references[k], pole, alpha)
+        conditions = slerp(_cycled(references[k], n), pole, alpha)
         seed = derive_seed(base_seed, "direction", name)
-        images = decoder.decode_images(np.repeat(condition[None], n, axis=0), seed=seed, **decode_kwargs)
+        images = decoder.decode_images(conditions, seed=seed, **decode_kwargs)
         out.add(images, class_name=name, label=k, side="hard", alpha=float(alpha), captions=[""] * n, seed=seed,
                 tag=f"a{alpha:g}")
     return out.build()
@@ -269,11 +315,12 @@ def generate_eval(decoder, class_names: Sequence[str], references: np.ndarray, s
             out.skip(name, pole)
             continue
         seed = derive_seed(base_seed, EVAL_SET, name)
-        jobs = [("neutral", 0.0, references[k])]
+        starts = _cycled(references[k], n)
+        jobs = [("neutral", 0.0, starts)]
         for a in alphas:
-            jobs += [("hard", a, slerp(references[k], pole, a)), ("easy", a, slerp(references[k], -pole, a))]
-        for side, a, condition in jobs:
-            images = decoder.decode_images(np.repeat(condition[None], n, axis=0), seed=seed, **decode_kwargs)
+            jobs += [("hard", a, slerp(starts, pole, a)), ("easy", a, slerp(starts, -pole, a))]
+        for side, a, conditions in jobs:
+            images = decoder.decode_images(conditions, seed=seed, **decode_kwargs)
             out.add(images, class_name=name, label=k, side=side, alpha=a, captions=[""] * n, seed=seed,
                     tag=f"{side}-a{a:g}")
     return out.build()
@@ -304,21 +351,23 @@ def accuracy_on_generated(model, images: np.ndarray, labels: np.ndarray, device:
 def hard_neutral_easy_report(model, eval_set: GeneratedSet, class_names: Sequence[str], device: str) -> dict:
     """The paper's check on the evaluation set: per alpha, the classifier's
     accuracy on hard, neutral and easy images; ``ordered`` is True when
-    accuracy is hard < neutral < easy, ``hard_lowest`` when hard < both."""
+    accuracy is hard < neutral < easy, ``hard_lowest`` when hard < both.
+    Neutral images (alpha 0) are shared by all alphas and reported once."""
     neutral = accuracy_on_generated(model, eval_set.images[eval_set.mask(side="neutral")],
                                     eval_set.labels[eval_set.mask(side="neutral")], device, class_names)
     alphas = sorted({r["alpha"] for r in eval_set.rows if r["side"] != "neutral"})
     report = {"neutral": neutral, "alphas": {}, "skipped": dict(eval_set.skipped)}
     for a in alphas:
-        row = {"neutral": neutral}
+        row = {}
         for side in ("hard", "easy"):
             m = eval_set.mask(side=side, alpha=a)
             row[side] = accuracy_on_generated(model, eval_set.images[m], eval_set.labels[m], device, class_names)
-        acc = {s: row[s]["accuracy"] for s in SIDES}
+        acc = {"hard": row["hard"]["accuracy"], "neutral": neutral["accuracy"], "easy": row["easy"]["accuracy"]}
         if None not in acc.values():
             row["ordered"] = bool(acc["hard"] < acc["neutral"] < acc["easy"])
             row["hard_lowest"] = bool(acc["hard"] < min(acc["neutral"], acc["easy"]))
-        report["alphas"][f"{a:g}"] = row
+        # "alpha_0.3", not "0.3": flattened metric names ("alphas.alpha_0.3.hard.accuracy") stay readable
+        report["alphas"][f"alpha_{a:g}"] = row
     return report
 
 

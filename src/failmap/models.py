@@ -14,15 +14,15 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class SmallCNN(nn.Module):
-    """Four conv blocks at 32, 16, 16 and 8 pixels (w, 2w, 2w, 4w channels),
-    global average pool, linear head. Downsampling right after the first block
-    keeps it cheap enough to train in about a minute on two CPU cores."""
+    """Conv blocks at 32, 32, 16, 16 and 8 pixels (w, w, 2w, 2w, 4w channels),
+    global average pool, linear head. Two blocks at full resolution matter:
+    pooling after the first one cost ~20 points of test accuracy on the world."""
 
     def __init__(self, n_classes: int, width: int = 32):
         super().__init__()
         w = width
         self.body = nn.Sequential(
-            _block(3, w), nn.MaxPool2d(2),
+            _block(3, w), _block(w, w), nn.MaxPool2d(2),
             _block(w, 2 * w), _block(2 * w, 2 * w), nn.MaxPool2d(2),
             _block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
