@@ -297,10 +297,10 @@ def _class_mean_accuracy(correct: np.ndarray, labels: np.ndarray, mask: np.ndarr
     return float(np.mean(accs)) if accs else None
 
 
-def evaluate_model(model: torch.nn.Module, test_images: np.ndarray, test_labels: np.ndarray,
-                   class_names: Sequence[str], gt_subpop_mask: np.ndarray | None, svm_hard_mask: np.ndarray,
-                   svm_easy_mask: np.ndarray, device: str, features: FrozenFeatures | None = None) -> dict:
-    """Test accuracy overall and on hard / easy subpopulations.
+def evaluate_predictions(pred: np.ndarray, test_labels: np.ndarray, class_names: Sequence[str],
+                         gt_subpop_mask: np.ndarray | None, svm_hard_mask: np.ndarray,
+                         svm_easy_mask: np.ndarray) -> dict:
+    """Test accuracy overall and on hard / easy subpopulations, from predicted labels.
 
     By ground truth (None without it): hard = each class's planted
     subpopulation, easy = the rest of that class. By SVM: the masks from
@@ -308,12 +308,13 @@ def evaluate_model(model: torch.nn.Module, test_images: np.ndarray, test_labels:
     accuracies are means over classes (each class weighs the same).
     """
     labels = np.asarray(test_labels, dtype=np.int64)
-    masks = {"gt_subpop_mask": gt_subpop_mask, "svm_hard_mask": svm_hard_mask, "svm_easy_mask": svm_easy_mask}
+    masks = {"pred": pred, "gt_subpop_mask": gt_subpop_mask, "svm_hard_mask": svm_hard_mask,
+             "svm_easy_mask": svm_easy_mask}
     for name, m in masks.items():
         if m is not None and np.asarray(m).shape != labels.shape:
             raise ValueError(f"{name} must have shape {labels.shape} to match test_labels, got {np.asarray(m).shape}")
     gt = None if gt_subpop_mask is None else np.asarray(gt_subpop_mask, bool)
-    correct = (predict_labels(model, test_images, device, features) == labels).astype(float)
+    correct = (np.asarray(pred) == labels).astype(float)
     return {
         "test_acc": float(correct.mean()),
         "per_class_acc": {c: float(correct[labels == k].mean()) for k, c in enumerate(class_names)
@@ -323,6 +324,14 @@ def evaluate_model(model: torch.nn.Module, test_images: np.ndarray, test_labels:
         "hard_acc_svm": _class_mean_accuracy(correct, labels, np.asarray(svm_hard_mask, bool)),
         "easy_acc_svm": _class_mean_accuracy(correct, labels, np.asarray(svm_easy_mask, bool)),
     }
+
+
+def evaluate_model(model: torch.nn.Module, test_images: np.ndarray, test_labels: np.ndarray,
+                   class_names: Sequence[str], gt_subpop_mask: np.ndarray | None, svm_hard_mask: np.ndarray,
+                   svm_easy_mask: np.ndarray, device: str, features: FrozenFeatures | None = None) -> dict:
+    """``evaluate_predictions`` of the model's predictions on the test images."""
+    pred = predict_labels(model, test_images, device, features)
+    return evaluate_predictions(pred, test_labels, class_names, gt_subpop_mask, svm_hard_mask, svm_easy_mask)
 
 
 def _mean_std(values: list[float | None]) -> dict:

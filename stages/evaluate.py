@@ -1,0 +1,45 @@
+"""Stage evaluate: for every arm, mean and std over seeds of overall test
+accuracy and of accuracy on the hard and easy subpopulations — by ground truth
+where known, and by the baseline SVM's decision values (bottom / top
+evaluate.k test images per class, fixed before fine-tuning)."""
+import numpy as np
+
+from failmap.data import load_ground_truth, load_meta, load_split, subpop_mask
+from failmap.finetune import METRICS as ARM_METRICS
+from failmap.finetune import aggregate, evaluate_predictions, plot_rows, svm_hard_easy_masks
+from failmap.io import read_json, write_json
+from failmap.plots import bar_plot, write_plot_data
+from failmap.stage import FINETUNED, METRICS, PLOTS, PREPARED, SVM_DIR, run_stage
+
+
+def main():
+    with run_stage("evaluate") as (p, run):
+        meta, truth = load_meta(PREPARED), load_ground_truth(PREPARED)
+        test = load_split(PREPARED, "test")
+        with np.load(f"{SVM_DIR}/decisions.npz") as z:
+            hard, easy = svm_hard_easy_masks(z["test_decision"], test.labels, p.evaluate.k)
+        gt = subpop_mask(truth, test.ids)
+        results = []
+        with np.load(f"{FINETUNED}/test_predictions.npz") as preds:
+            if not np.array_equal(preds["ids"], test.ids):
+                raise SystemExit(f"{FINETUNED}/test_predictions.npz does not match the test split: re-run finetune")
+            for r in read_json(f"{FINETUNED}/runs.json"):
+                scores = evaluate_predictions(preds[f"{r['arm']}/{r['seed']}"], test.labels, meta["classes"],
+                                              gt, hard, easy)
+                results.append({**scores, "arm": r["arm"], "seed": r["seed"], "n_extra": r["n_extra"]})
+        summary = aggregate(results)
+        write_json(f"{METRICS}/evaluate.json", summary)
+        for metric in ARM_METRICS:
+            rows = plot_rows(summary, metric)
+            if not rows:
+                continue
+            write_plot_data(rows, f"{PLOTS}/evaluate/{metric}.json")
+            bar_plot({r["arm"]: r["mean"] for r in rows}, {r["arm"]: r["std"] for r in rows},
+                     f"{PLOTS}/evaluate/{metric}.png", title=f"{metric} by arm (mean ± std over seeds)",
+                     ylabel=metric)
+        run.log_metrics(summary)
+        run.log_artifact(f"{PLOTS}/evaluate", "evaluate")
+
+
+if __name__ == "__main__":
+    main()
