@@ -81,8 +81,8 @@ def test_bad_input_fails_clearly(tmp_path):
         train_clip(images, captions, tmp_path, steps=1, **{**TINY, "patch_size": 5})
     with pytest.raises(ValueError, match="context_length 6 is too short"):
         train_clip(images, captions, tmp_path, steps=1, **{**TINY, "context_length": 6})
-    with pytest.raises(ValueError, match="multiple of 32"):
-        clip_model_config((16, 16), embed_dim=8, width=48, layers=1, patch_size=8, text_width=32,
+    with pytest.raises(ValueError, match="text_width must be a multiple of 32"):
+        clip_model_config((16, 16), embed_dim=8, width=32, layers=1, patch_size=8, text_width=48,
                           text_layers=1, context_length=8)
 
 

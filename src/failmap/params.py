@@ -80,7 +80,7 @@ class World:
     planted_values: Optional[list[str]] = _p(None, min_len=1)
     train_rate: float = _p(0.02, ge=0, le=1)
     eval_rate: float = _p(0.2, ge=0, le=1)
-    confuser_rate: float = _p(0.3, ge=0, le=1)
+    confuser_rate: float = _p(0.6, ge=0, le=1)
     noise: float = _p(0.06, ge=0, le=1)
     min_size: float = _p(0.45, gt=0, le=1)
     max_size: float = _p(0.8, gt=0, le=1)
