@@ -1,0 +1,66 @@
+"""Stage pretrain_decoder: train the world's own embedding-conditioned
+diffusion decoder on the corpus's CLIP image embeddings (decoder.source:
+world), then check it draws what captions say. With decoder.source: unclip
+there is nothing to train: it records that (generate loads the pretrained one)."""
+from dataclasses import asdict
+
+import numpy as np
+
+from failmap.data import load_meta, load_split
+from failmap.decoder import check_compatible, load_decoder
+from failmap.decoder_eval import decoder_report
+from failmap.decoder_train import train_decoder
+from failmap.device import resolve_device
+from failmap.embedder import load_embedder
+from failmap.io import write_json
+from failmap.models import load_classifier
+from failmap.plots import image_grid
+from failmap.stage import BASELINE_MODEL, CLIP_DIR, DECODER_DIR, METRICS, PLOTS, PREPARED, run_stage
+
+N_PER_CLASS = 16  # decoded class-prompt images per class for the quality report
+
+
+def main():
+    with run_stage("pretrain_decoder") as (p, run):
+        c, d = p.clip, p.decoder
+        meta = load_meta(PREPARED)
+        if d.source != "world":
+            write_json(f"{DECODER_DIR}/external.json", {"source": d.source, "model": d.model,
+                                                       "text_model": d.text_model})
+            write_json(f"{METRICS}/decoder.json", {"source": d.source, "trained": False})
+            return
+        if "corpus" not in meta["splits"]:
+            raise SystemExit(f"decoder.source: world needs a captioned corpus split, but data.source "
+                             f"'{p.data.source}' has none — or set decoder.source: unclip")
+        embedder = load_embedder(c.source, c.arch, c.pretrained, CLIP_DIR, c.device, c.batch_size)
+        corpus = load_split(PREPARED, "corpus")
+        image_embeds = embedder.embed_images(corpus.images)
+        unique, inverse = np.unique(corpus.captions, return_inverse=True)  # embed each distinct caption once
+        text_embeds = embedder.embed_texts(unique.tolist())[inverse]
+        train_metrics = train_decoder(corpus.images, image_embeds, text_embeds, DECODER_DIR, space=embedder.space,
+                                      seed=p.seed, device=d.device, **asdict(d.train))
+
+        decoder = load_decoder("world", DECODER_DIR, device=d.device)
+        check_compatible(embedder.space, embedder.dim, decoder)
+        device = resolve_device(p.baseline.device)
+        classifier, _ = load_classifier(BASELINE_MODEL, device)
+        vocab = meta["vocab"]
+        report, images = decoder_report(
+            decoder, embedder, meta["classes"], colours={a: a for a in vocab["adjectives"]},
+            contexts={x: x for x in vocab["contexts"]}, classifier=classifier, device=device,
+            n_per_class=N_PER_CLASS, guidance_scale=d.guidance_scale, num_inference_steps=d.num_inference_steps,
+            batch_size=d.batch_size, seed=p.seed)
+        image_grid(images["class"], f"{PLOTS}/decoder/class_prompts.png", ncol=N_PER_CLASS,
+                   title="decoded from 'a photo of a {class}', one row per class")
+        if "context" in images:
+            image_grid(images["context"], f"{PLOTS}/decoder/context_prompts.png", ncol=2 * len(meta["classes"]),
+                       title="decoded from 'a photo of a {class} {context}', one row per context")
+        metrics = {"source": "world", "trained": True, "final_loss": train_metrics["final_loss"],
+                   "n_parameters": train_metrics["n_parameters"], "quality": report}
+        write_json(f"{METRICS}/decoder.json", metrics)
+        run.log_metrics(metrics)
+        run.log_artifact(f"{PLOTS}/decoder", "decoder")
+
+
+if __name__ == "__main__":
+    main()
