@@ -3,8 +3,10 @@ temporary copy of the repository."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,17 +43,8 @@ def _run(args, cwd, env):
 
 @pytest.fixture(scope="module")
 def repro(tmp_path_factory):
-    work = tmp_path_factory.mktemp("repo")
-    for name in COPY:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif src.exists():
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, work / name)
-    (work / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    work = _fresh_copy(tmp_path_factory.mktemp("repo"))
     env = _env()
-    _run(["git", "init", "-q"], work, env)
     first = _run([sys.executable, "-m", "dvc", "repro"], work, env)
     return work, env, first
 
@@ -85,3 +78,38 @@ def test_bad_params_fail_before_work_and_keep_outputs(repro):
         assert (work / "metrics" / "baseline.json").read_text() == before
     finally:
         (work / "params.yaml").write_text(params)
+
+
+def _fresh_copy(root: Path) -> Path:
+    for name in COPY:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif src.exists():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    return root
+
+
+def test_killed_run_resumes_to_identical_metrics(repro, tmp_path):
+    """A second run from scratch, killed in the middle of a stage and resumed
+    with `dvc repro`, ends with metrics byte-identical to the first run's:
+    the pipeline is deterministic and no partial output is taken as complete."""
+    work, env, _ = repro
+    other = _fresh_copy(tmp_path / "again")
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=other, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    for line in proc.stdout:
+        if "Running stage 'train_baseline'" in line:
+            time.sleep(3)  # let it get into training
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (other / "metrics" / "baseline.json").exists()
+    _run([sys.executable, "-m", "dvc", "repro"], other, env)
+    first = sorted(p.name for p in (work / "metrics").glob("*.json"))
+    assert first == sorted(p.name for p in (other / "metrics").glob("*.json"))
+    for name in first:
+        assert (work / "metrics" / name).read_bytes() == (other / "metrics" / name).read_bytes(), name
