@@ -51,9 +51,11 @@ def main():
         # ROC of flagging test errors (and the planted subpopulation) by low score, pooled over fitted classes
         fitted = np.isfinite(decisions["test"])
         scores = {"svm": decisions["test"][fitted], "confidence": test["confidence"][fitted]}
-        write_plot_data(roc_rows(scores, test["correct"][fitted] == 0), f"{PLOTS}/svm/roc_errors.json")
-        if in_subpop is not None:
-            write_plot_data(roc_rows(scores, in_subpop[fitted]), f"{PLOTS}/svm/roc_subpop.json")
+        targets = {"roc_errors": test["correct"][fitted] == 0,
+                   "roc_subpop": None if in_subpop is None else in_subpop[fitted]}
+        for name, is_hard in targets.items():
+            has_both = is_hard is not None and 0 < is_hard.sum() < len(is_hard)
+            write_plot_data(roc_rows(scores, is_hard) if has_both else [], f"{PLOTS}/svm/{name}.json")
         run.log_metrics(metrics)
         run.log_artifact(f"{PLOTS}/svm", "svm")
 

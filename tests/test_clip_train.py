@@ -71,6 +71,17 @@ def test_same_seed_same_weights_other_seed_differs(tmp_path):
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
 
 
+def test_resnet_image_tower_trains_and_loads(tmp_path):
+    # layers as a list of 4 block counts = open_clip's ModifiedResNet image tower
+    images, _, _, captions = easy_data(32)
+    images = np.repeat(np.repeat(images, 2, axis=1), 2, axis=2)  # 32x32: the ResNet downsamples 32x
+    train_clip(images, captions, tmp_path, steps=2, seed=0, **{**TINY, "layers": [1, 1, 1, 1], "width": 8})
+    emb = load_embedder("world", model_dir=tmp_path, device="cpu")
+    out = emb.embed_images(images[:3])
+    assert out.shape == (3, 16)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
 def test_bad_input_fails_clearly(tmp_path):
     images, _, _, captions = easy_data(8)
     with pytest.raises(ValueError, match="8 images but 7 captions"):
@@ -81,6 +92,12 @@ def test_bad_input_fails_clearly(tmp_path):
         train_clip(images, captions, tmp_path, steps=1, **{**TINY, "patch_size": 5})
     with pytest.raises(ValueError, match="context_length 6 is too short"):
         train_clip(images, captions, tmp_path, steps=1, **{**TINY, "context_length": 6})
+    with pytest.raises(ValueError, match="multiple of 32"):
+        train_clip(images, captions, tmp_path, steps=1, **{**TINY, "layers": [1, 1, 1, 1]})  # 16x16 images
+    with pytest.raises(ValueError, match="4 block counts"):
+        train_clip(images, captions, tmp_path, steps=1, **{**TINY, "layers": [1, 1]})
+    with pytest.raises(ValueError, match="init_temperature"):
+        train_clip(images, captions, tmp_path, steps=1, init_temperature=0, **TINY)
     with pytest.raises(ValueError, match="text_width must be a multiple of 32"):
         clip_model_config((16, 16), embed_dim=8, width=32, layers=1, patch_size=8, text_width=48,
                           text_layers=1, context_length=8)

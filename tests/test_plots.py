@@ -78,7 +78,7 @@ def test_write_plot_data_json_and_csv(tmp_path):
     ([{"a": float("nan")}], "x.json", "row 0 key 'a' is nan"),
     ([{"a": 1}, {"b": 2}], "x.json", "row 1 has keys"),
     ([{"a": [1, 2]}], "x.csv", "is a list"),
-    ([], "x.json", "no rows"),
+    ([], "x.csv", "no rows"),
     ([{"a": 1}], "x.yaml", "must end in .json or .csv"),
 ])
 def test_write_plot_data_rejects_bad_rows(tmp_path, rows, name, match):

@@ -78,12 +78,32 @@ def _lr_factor(step: int, warmup: int, steps: int, floor: float = 0.1) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _min_snr_weights(alphas_cumprod: torch.Tensor, prediction_type: str, gamma: float | None):
+    """Per-timestep loss weights min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v).
+
+    Min-SNR weighting (Hang et al. 2023): the nearly clean timesteps get
+    little weight. Here that matters doubly: world images carry their own
+    pixel noise, which at small t cannot be told from diffusion noise, so
+    those timesteps add irreducible loss and gradient noise, while shape,
+    colour and context are decided at mid and high noise.
+    """
+    if gamma is None:
+        return lambda t: torch.ones_like(t, dtype=torch.float32)
+    if gamma <= 0:
+        raise ValueError(f"snr_gamma must be > 0 (or None to disable the weighting), got {gamma}")
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    clipped = snr.clamp(max=gamma)
+    table = clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1)
+    return lambda t: table[t]
+
+
 def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embeds_for_bridge: np.ndarray,
                   out_dir: str | Path, *, space: str, channels=(32, 64, 64), steps: int = 1800,
                   batch_size: int = 64, lr: float = 1e-3, cond_dropout: float = 0.1,
                   train_timesteps: int = 1000, seed: int = 0, device: str = "auto", patch_size: int = 2,
                   time_conditioning: bool = True, ema_decay: float = 0.999, warmup: int = 100,
                   prediction_type: str = "epsilon", beta_schedule: str = "squaredcos_cap_v2", attention_levels: int = 0,
+                  snr_gamma: float | None = 5.0,
                   log_every: int = 50) -> dict:
     """Train the world decoder on (image, image embedding) pairs; save it to ``out_dir``.
 
@@ -123,6 +143,7 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
     noise_scheduler = DDPMScheduler(num_train_timesteps=train_timesteps, beta_schedule=beta_schedule,
                                     prediction_type=prediction_type, clip_sample=True)
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(dev)
+    weights_of = _min_snr_weights(alphas_cumprod, prediction_type, snr_gamma)
     ema = [p.detach().clone() for p in unet.parameters()] if ema_decay > 0 else None
 
     images = torch.from_numpy(images_uint8).permute(0, 3, 1, 2).contiguous().to(dev)  # uint8, 4x less than float
@@ -149,7 +170,8 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
         target = noise if prediction_type == "epsilon" else a * noise - s * x0
         kwargs = dict(class_labels=cond) if time_conditioning else {}
         pred = unet(noisy, t, encoder_hidden_states=cond[:, None, :], **kwargs).sample
-        loss = F.mse_loss(pred, target)
+        per_image = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_image * weights_of(t)).mean()
 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -159,15 +159,16 @@ def _plain(value, where: str):
 def write_plot_data(rows: list[dict], path: str | Path) -> Path:
     """Write ``rows`` (dicts with the same keys) for ``dvc plots``.
 
-    ``.json``: a list of objects; ``.csv``: a header plus one line per row
-    (None -> empty cell). Any other suffix is an error.
+    ``.json``: a list of objects (an empty list is allowed: a stage whose
+    plot has no data this time still writes its declared output); ``.csv``: a
+    header plus one line per row (None -> empty cell). Any other suffix is an error.
     """
     path = Path(path)
     if path.suffix not in (".json", ".csv"):
         raise ValueError(f"write_plot_data: {path} must end in .json or .csv")
-    if not rows:
-        raise ValueError(f"write_plot_data: no rows to write to {path}")
-    fields = list(rows[0])
+    if not rows and path.suffix == ".csv":
+        raise ValueError(f"write_plot_data: no rows to write to {path} (a CSV needs a header)")
+    fields = list(rows[0]) if rows else []
     clean = []
     for i, row in enumerate(rows):
         if list(row) != fields:
