@@ -2,6 +2,8 @@
 accuracy and of accuracy on the hard and easy subpopulations — by ground truth
 where known, and by the baseline SVM's decision values (bottom / top
 evaluate.k test images per class, fixed before fine-tuning)."""
+from pathlib import Path
+
 import numpy as np
 
 from failmap.data import load_ground_truth, load_meta, load_split, subpop_mask
@@ -29,14 +31,14 @@ def main():
                 results.append({**scores, "arm": r["arm"], "seed": r["seed"], "n_extra": r["n_extra"]})
         summary = aggregate(results)
         write_json(f"{METRICS}/evaluate.json", summary)
-        for metric in ARM_METRICS:
+        Path(f"{PLOTS}/evaluate/bars").mkdir(parents=True, exist_ok=True)
+        for metric in ARM_METRICS:  # every declared plot file is written, empty without data
             rows = plot_rows(summary, metric)
-            if not rows:
-                continue
             write_plot_data(rows, f"{PLOTS}/evaluate/{metric}.json")
-            bar_plot({r["arm"]: r["mean"] for r in rows}, {r["arm"]: r["std"] for r in rows},
-                     f"{PLOTS}/evaluate/{metric}.png", title=f"{metric} by arm (mean ± std over seeds)",
-                     ylabel=metric)
+            if rows:
+                bar_plot({r["arm"]: r["mean"] for r in rows}, {r["arm"]: r["std"] for r in rows},
+                         f"{PLOTS}/evaluate/bars/{metric}.png", title=f"{metric} by arm (mean ± std over seeds)",
+                         ylabel=metric)
         run.log_metrics(summary)
         run.log_artifact(f"{PLOTS}/evaluate", "evaluate")
 
