@@ -102,15 +102,15 @@ class Baseline:
 @dataclass(frozen=True)
 class ClipTrain:
     embed_dim: int = _p(64, ge=1)
-    width: int = _p(128, ge=1)
-    layers: int = _p(4, ge=1)
+    width: int = _p(16, ge=1)
+    layers: Union[int, list[int]] = _p([1, 1, 1, 1], ge=1)  # int: ViT depth; 4 block counts: open_clip ModifiedResNet
     patch_size: int = _p(4, ge=1)
-    text_width: int = _p(128, ge=1)
-    text_layers: int = _p(3, ge=1)
-    context_length: int = _p(16, ge=1)
-    steps: int = _p(1500, ge=1)
+    text_width: int = _p(64, ge=1)
+    text_layers: int = _p(1, ge=1)
+    context_length: int = _p(12, ge=1)
+    steps: int = _p(2000, ge=1)
     batch_size: int = _p(128, ge=2)  # a contrastive loss needs at least one negative
-    lr: float = _p(0.001, gt=0)
+    lr: float = _p(0.003, gt=0)
     warmup: int = _p(100, ge=0)
 
 
@@ -126,10 +126,10 @@ class Clip:
 
 @dataclass(frozen=True)
 class DecoderTrain:
-    channels: list[int] = _p([32, 64, 64], ge=1, min_len=1)
-    steps: int = _p(1800, ge=1)
-    batch_size: int = _p(64, ge=1)
-    lr: float = _p(0.001, gt=0)
+    channels: list[int] = _p([32, 64, 128], ge=1, min_len=1)
+    steps: int = _p(1200, ge=1)
+    batch_size: int = _p(32, ge=1)
+    lr: float = _p(0.002, gt=0)
     cond_dropout: float = _p(0.1, ge=0, le=1)
     train_timesteps: int = _p(1000, ge=1)
 
@@ -232,7 +232,8 @@ def _describe(tp) -> str:
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     if origin is Union:
-        return " or ".join(_describe(a) for a in args if a is not type(None)) + " or null"
+        null = " or null" if type(None) in args else ""
+        return " or ".join(_describe(a) for a in args if a is not type(None)) + null
     if origin is Literal:
         return "one of " + " | ".join(args)
     if origin is list:
@@ -263,11 +264,18 @@ def _convert(tp, value, key: str, meta):
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
-    if origin is Union:  # Optional[X]: the only union the schema uses
-        if value is None:
+    if origin is Union:  # Optional[X], or a choice of forms such as int | list[int]
+        if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value, key, meta)
+        members = [a for a in args if a is not type(None)]
+        if len(members) == 1:
+            return _convert(members[0], value, key, meta)
+        for inner in members:
+            try:
+                return _convert(inner, value, key, meta)
+            except ParamsError:
+                continue
+        raise _fail(key, value, _describe(tp))
     if origin is Literal:
         if not (isinstance(value, str) and value in args):
             raise _fail(key, value, _describe(tp))
