@@ -85,34 +85,3 @@ def test_write_plot_data_rejects_bad_rows(tmp_path, rows, name, match):
     with pytest.raises((ValueError, TypeError), match=match):
         plots.write_plot_data(rows, tmp_path / name)
     assert not (tmp_path / name).exists()
-
-
-def test_roc_rows_are_strict_json_and_right():
-    scores = [0.1, 0.4, 0.35, 0.8]
-    targets = [0, 0, 1, 1]
-    rows = plots.roc_curve_rows(scores, targets, "svm")
-    json.dumps(rows, allow_nan=False)
-    assert rows[0] == {"fpr": 0.0, "tpr": 0.0, "threshold": None, "method": "svm"}
-    assert (rows[-1]["fpr"], rows[-1]["tpr"]) == (1.0, 1.0)
-    fpr = [r["fpr"] for r in rows]
-    tpr = [r["tpr"] for r in rows]
-    assert np.trapezoid(tpr, fpr) == pytest.approx(0.75)  # sklearn roc_auc_score of these scores
-
-
-def test_pr_rows_are_strict_json_and_right():
-    rows = plots.pr_curve_rows([0.9, 0.8, 0.2, 0.1], [1, 0, 1, 0], "confidence")
-    json.dumps(rows, allow_nan=False)
-    assert rows[-1] == {"recall": 0.0, "precision": 1.0, "threshold": None, "method": "confidence"}
-    at_09 = next(r for r in rows if r["threshold"] == 0.9)
-    assert (at_09["precision"], at_09["recall"]) == (1.0, 0.5)
-
-
-@pytest.mark.parametrize("scores, targets, match", [
-    ([0.1, 0.2], [1, 1], "both 0 and 1"),
-    ([0.1, 0.2], [0, 2], "both 0 and 1"),
-    ([0.1, 0.2, 0.3], [0, 1], "one length"),
-    ([0.1, float("nan")], [0, 1], "NaN"),
-])
-def test_curve_rows_reject_bad_input(scores, targets, match):
-    with pytest.raises(ValueError, match=match):
-        plots.roc_curve_rows(scores, targets, "m")

@@ -7,11 +7,10 @@ Two kinds of output:
   matplotlib ``Figure`` (Agg canvas, no pyplot): no global backend to set, no
   figure left open between calls, works on headless machines.
 - Data files for ``dvc plots``: ``write_plot_data`` writes rows as CSV or JSON
-  and ``roc_curve_rows`` / ``pr_curve_rows`` make the rows of curves, in the
-  long format DVC's ``linear`` / ``simple`` templates take (one row per point,
-  a ``method`` column to colour by). JSON is strict: NaN/Infinity are refused
-  and the infinite first ROC threshold is written as null, unlike
-  ``dvc plots show --json`` output that other JSON readers reject.
+  in the long format DVC's ``linear`` / ``bar_horizontal`` templates take (one
+  row per point; ROC curves come from ``failmap.ranking.roc_rows``). JSON is
+  strict: NaN/Infinity are refused, unlike ``dvc plots show --json`` output
+  that other JSON readers reject.
 
 All writes go through ``atomic_path``: a crashed stage leaves no half file.
 """
@@ -184,44 +183,3 @@ def write_plot_data(rows: list[dict], path: str | Path) -> Path:
                 writer.writeheader()
                 writer.writerows(clean)
     return path
-
-
-def _binary_inputs(scores, targets, name: str) -> tuple[np.ndarray, np.ndarray]:
-    scores = np.asarray(scores, dtype=float)
-    targets = np.asarray(targets)
-    if scores.ndim != 1 or targets.shape != scores.shape:
-        raise ValueError(f"{name}: scores and targets must be 1-D of one length, got {scores.shape} and {targets.shape}")
-    if not np.isfinite(scores).all():
-        raise ValueError(f"{name}: scores contain NaN or infinity")
-    labels = set(np.unique(targets).tolist())
-    if not labels <= {0, 1, False, True} or len(labels) != 2:
-        raise ValueError(f"{name}: targets must hold both 0 and 1, got values {sorted(labels)}")
-    return scores, targets.astype(int)
-
-
-def _threshold(value: float):
-    return round(float(value), 6) if math.isfinite(value) else None
-
-
-def roc_curve_rows(scores, targets, label: str) -> list[dict]:
-    """ROC points as rows ``{fpr, tpr, threshold, method}`` (higher score =
-    positive). The first point's threshold (sklearn: +inf) is None."""
-    from sklearn.metrics import roc_curve
-
-    scores, targets = _binary_inputs(scores, targets, "roc_curve_rows")
-    fpr, tpr, thresholds = roc_curve(targets, scores)
-    return [{"fpr": round(float(f), 6), "tpr": round(float(t), 6), "threshold": _threshold(th), "method": label}
-            for f, t, th in zip(fpr, tpr, thresholds)]
-
-
-def pr_curve_rows(scores, targets, label: str) -> list[dict]:
-    """Precision-recall points as rows ``{recall, precision, threshold, method}``
-    (higher score = positive). The last point (recall 0) has threshold None."""
-    from sklearn.metrics import precision_recall_curve
-
-    scores, targets = _binary_inputs(scores, targets, "pr_curve_rows")
-    precision, recall, thresholds = precision_recall_curve(targets, scores)
-    thresholds = list(thresholds) + [math.inf]  # sklearn gives one threshold fewer than points
-    return [{"recall": round(float(r), 6), "precision": round(float(p), 6), "threshold": _threshold(th),
-             "method": label}
-            for p, r, th in zip(precision, recall, thresholds)]
