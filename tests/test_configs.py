@@ -27,3 +27,14 @@ def test_config_is_valid_and_complete(path):
 
 def test_there_are_real_configs():
     assert {p.stem for p in CONFIGS} >= {"cifar10", "cifar100_superclass", "imagefolder"}
+
+
+def test_gate_checks_name_declared_metrics_files():
+    from failmap.gate import load_checks
+    repo = DEFAULT.parent
+    declared = set()
+    for stage in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"].values():
+        for entry in stage.get("metrics", []):
+            declared |= set(entry) if isinstance(entry, dict) else {entry}
+    checks = load_checks(repo / "gate.yaml")
+    assert checks and {c.file for c in checks} <= declared
