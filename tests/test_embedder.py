@@ -49,12 +49,20 @@ def test_weights_file_round_trip_gives_identical_embeddings(tiny):
 def test_tensor_preprocessing_matches_open_clip_transform(tiny):
     model, weights = tiny
     emb = load_embedder("open_clip", arch=TINY_ARCH, pretrained=str(weights), device="cpu")
+    pp = open_clip.image_transform(16, is_train=False)  # open_clip's own per-image PIL pipeline
     images = _images(3, size=16)
-    pp = open_clip.image_transform(16, is_train=False)
     ref = torch.stack([pp(Image.fromarray(im)) for im in images])
     with torch.no_grad():
         expected = torch.nn.functional.normalize(model.encode_image(ref), dim=-1).numpy()
     np.testing.assert_allclose(emb.embed_images(images), expected, atol=1e-5)
+    # other sizes, non-square too: resize of the shorter side + centre crop, as open_clip does
+    # (PIL resizes in uint8, so allow its rounding: ~1/255 divided by the std)
+    rng = np.random.default_rng(0)
+    for h, w in [(24, 24), (48, 40), (40, 48), (8, 8), (50, 33)]:
+        coarse = rng.integers(0, 256, (2, h // 4, w // 4, 3), dtype=np.uint8)  # smooth images: bicubic
+        images = np.stack([np.asarray(Image.fromarray(c).resize((w, h), Image.BILINEAR)) for c in coarse])
+        ref = torch.stack([pp(Image.fromarray(im)) for im in images])
+        np.testing.assert_allclose(emb.preprocess(images).numpy(), ref.numpy(), atol=0.03)
 
 
 def test_shapes_normalisation_determinism(tiny):

@@ -2,8 +2,9 @@
 
 Users without a network have no pretrained CLIP, so the embedded world trains
 its own on its captioned ``corpus`` split. Everything goes through open_clip:
-a custom model config (a ViT sized for the data's small images, a small text
-transformer on open_clip's bundled BPE vocabulary, so it works offline) is
+a custom model config (an image tower sized for the data's small images,
+open_clip's ModifiedResNet or a ViT; a small text transformer on open_clip's
+bundled BPE vocabulary, so it works offline) is
 written as JSON, registered with ``open_clip.add_model_config`` and built with
 ``open_clip.create_model``; the saved folder then loads through the same
 ``create_model(name, pretrained=<weights file>)`` path as any open_clip model
@@ -43,8 +44,11 @@ def clip_model_config(image_size: tuple[int, int], *, embed_dim: int, width: int
     The image tower follows open_clip's own convention: ``layers`` an int is a
     ViT (``width`` wide, ``patch_size`` patches); ``layers`` a list of 4 block
     counts is open_clip's ModifiedResNet (CLIP's RN50 design; ``width`` is the
-    stem width, ``patch_size`` is unused). On 32x32 shapes the ResNet learns
-    shape far faster per CPU second than a ViT (see benchmarks/bench_clip.py).
+    stem width, ``patch_size`` is unused). On the world's 32x32 shapes the
+    ResNet learns shape far faster per CPU second: after 1500 contrastive
+    steps a ViT (width 64, patch 8) reached 31% zero-shot class accuracy and
+    the ResNet (width 16) 86-91%; as a supervised probe over 1000 steps, 39%
+    against 84%.
     """
     h, w = image_size
     if text_width % HEAD_WIDTH:
@@ -120,7 +124,9 @@ def train_clip(images_uint8: np.ndarray, captions, out_dir: str | Path, *, embed
 
     Writes ``out_dir/world-clip.json`` (the open_clip config) and
     ``out_dir/weights.pt`` (the state dict). Returns metrics: final loss,
-    wall time, parameter count, and the loss history every ``log_every`` steps.
+    wall and CPU time (on a shared machine the CPU time of a 1-thread run is
+    the steadier figure), parameter count, and the loss history every
+    ``log_every`` steps.
 
     The loss is CLIP's symmetric cross-entropy over the batch's image-text
     logits, except that identical captions in a batch count as positives of
@@ -141,7 +147,7 @@ def train_clip(images_uint8: np.ndarray, captions, out_dir: str | Path, *, embed
                          f"got {steps}, {batch_size}, {warmup}, {init_temperature}")
     batch_size = min(batch_size, len(captions))
     dev = torch.device(resolve_device(device))
-    start_time = time.perf_counter()
+    start_time, start_cpu = time.perf_counter(), time.process_time()
 
     out_dir = Path(out_dir)
     config = clip_model_config(images_uint8.shape[1:3], embed_dim=embed_dim, width=width, layers=layers,
@@ -216,7 +222,8 @@ def train_clip(images_uint8: np.ndarray, captions, out_dir: str | Path, *, embed
     return dict(
         final_loss=round(running, 5), steps=steps, batch_size=batch_size, n_pairs=len(captions),
         n_unique_captions=len(unique), n_params=sum(p.numel() for p in model.parameters()),
-        train_seconds=round(time.perf_counter() - start_time, 2), device=str(dev), history=history,
+        train_seconds=round(time.perf_counter() - start_time, 2),
+        train_cpu_seconds=round(time.process_time() - start_cpu, 2), device=str(dev), history=history,
     )
 
 

@@ -113,10 +113,14 @@ def normalise_batch(x: torch.Tensor, size: tuple[int, int], mean: torch.Tensor, 
     th, tw = size
     h, w = x.shape[-2:]
     if (h, w) != (th, tw):
-        scale = max(th / h, tw / w)
-        nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+        # sizes and crop offsets rounded as torchvision's Resize + CenterCrop do
+        if th == tw:
+            nh, nw = (th, int(th * w / h)) if h <= w else (int(tw * h / w), tw)
+        else:
+            scale = max(th / h, tw / w)
+            nh, nw = max(th, int(h * scale)), max(tw, int(w * scale))
         x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
-        top, left = (nh - th) // 2, (nw - tw) // 2
+        top, left = int(round((nh - th) / 2.0)), int(round((nw - tw) / 2.0))
         x = x[..., top:top + th, left:left + tw]
     return (x - mean) / std
 
