@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from failmap.clip_train import (Attribute, _lr_factor, clip_model_config, fill_template, train_clip,
+from failmap.captions import fill_caption
+from failmap.clip_train import (Attribute, _lr_factor, clip_model_config, train_clip,
                                 zero_shot_report)
 from failmap.embedder import load_embedder, world_clip_paths
 
@@ -110,6 +111,6 @@ def test_schedule_and_template():
     assert _lr_factor(55, 10, 100) == pytest.approx(0.5)
     assert _lr_factor(100, 10, 100) == pytest.approx(0.0, abs=1e-12)
     t = "a photo of a {adjective} {noun} {context}"
-    assert fill_template(t, "star") == "a photo of a star"
-    assert fill_template(t, "star", "red", "on the grass") == "a photo of a red star on the grass"
-    assert fill_template(t, "star", context="at night") == "a photo of a star at night"
+    assert fill_caption(t, "star") == "a photo of a star"
+    assert fill_caption(t, "star", "red", "on the grass") == "a photo of a red star on the grass"
+    assert fill_caption(t, "star", context="at night") == "a photo of a star at night"

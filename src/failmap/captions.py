@@ -26,7 +26,8 @@ def _clean(text: str) -> str:
     return " ".join(text.split())
 
 
-def _fill(template: str, noun: str, adjective: str | None, context: str | None) -> str:
+def fill_caption(template: str, noun: str, adjective: str | None = None, context: str | None = None) -> str:
+    """The template with its slots filled; an empty slot (None) is dropped with its spaces."""
     try:
         text = template.format(noun=noun, adjective=adjective or "", context=context or "")
     except (KeyError, IndexError) as err:
@@ -55,7 +56,7 @@ def caption_bank(template: str, noun: str, adjectives: Sequence[str | None] | No
     bank: dict[str, None] = {}  # an ordered set
     for adjective in adjective_options:
         for context in context_options:
-            bank.setdefault(_fill(template, noun, adjective, context))
+            bank.setdefault(fill_caption(template, noun, adjective, context))
     return list(bank)
 
 

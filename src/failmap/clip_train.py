@@ -17,7 +17,6 @@ and context.
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from failmap.captions import fill_caption
 from failmap.device import resolve_device
 from failmap.embedder import Embedder, normalise_batch, register_config, world_clip_paths
 from failmap.io import atomic_path, write_json
@@ -240,12 +240,6 @@ class Attribute:
     slot: str
 
 
-def fill_template(template: str, noun: str, adjective: str | None = None, context: str | None = None) -> str:
-    """'a photo of a {adjective} {noun} {context}' with empty slots dropped."""
-    text = template.format(adjective=adjective or "", noun=noun, context=context or "")
-    return re.sub(r"\s+", " ", text).strip()
-
-
 def _classify(image_embeds: np.ndarray, prompt_sets: list[list[str]], embedder: Embedder) -> np.ndarray:
     """Index of the best prompt set per image; a set's embedding is the
     normalised mean of its prompts' embeddings (prompt ensembling)."""
@@ -276,7 +270,7 @@ def zero_shot_report(embedder: Embedder, images: np.ndarray, labels: np.ndarray,
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     image_embeds = embedder.embed_images(images)
     report: dict = {"n": int(len(labels))}
-    pred = _classify(image_embeds, [[fill_template(template, c)] for c in class_names], embedder)
+    pred = _classify(image_embeds, [[fill_caption(template, c)] for c in class_names], embedder)
     report["class_accuracy"] = float((pred == labels).mean())
     report["class_accuracy_per_class"] = {c: float((pred[labels == k] == k).mean()) if (labels == k).any() else None
                                           for k, c in enumerate(class_names)}
@@ -287,7 +281,7 @@ def zero_shot_report(embedder: Embedder, images: np.ndarray, labels: np.ndarray,
         unknown = sorted(set(np.asarray(attr.values).tolist()) - set(values))
         if unknown:
             raise ValueError(f"attribute '{name}': values {unknown} have no phrase (known: {values})")
-        prompt_sets = [[fill_template(template, c, **{attr.slot: attr.phrases[v]}) for c in class_names]
+        prompt_sets = [[fill_caption(template, c, **{attr.slot: attr.phrases[v]}) for c in class_names]
                        for v in values]
         pred = _classify(image_embeds, prompt_sets, embedder)
         truth = np.array([values.index(v) for v in attr.values])

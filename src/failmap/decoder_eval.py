@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from failmap.clip_train import DEFAULT_TEMPLATE, Attribute, fill_template, zero_shot_report
+from failmap.captions import fill_caption
+from failmap.clip_train import DEFAULT_TEMPLATE, Attribute, zero_shot_report
 
 
 def decode_prompts(decoder, embedder, prompts: list[str], **decode_kwargs) -> np.ndarray:
@@ -38,7 +39,7 @@ def decoder_report(decoder, embedder, class_names: list[str], colours: dict[str,
     """
     report, images = {}, {}
     labels = np.repeat(np.arange(len(class_names)), n_per_class)
-    prompts = [fill_template(template, class_names[k]) for k in labels]
+    prompts = [fill_caption(template, class_names[k]) for k in labels]
     images["class"] = decode_prompts(decoder, embedder, prompts, **decode_kwargs)
     images["class_labels"] = labels
     zs = zero_shot_report(embedder, images["class"], labels, class_names, template=template)
@@ -55,7 +56,7 @@ def decoder_report(decoder, embedder, class_names: list[str], colours: dict[str,
             continue
         values = list(phrases)
         pairs = [(k, v) for v in values for k in range(len(class_names)) for _ in range(n_per_value)]
-        prompts = [fill_template(template, class_names[k], **{slot: phrases[v]}) for k, v in pairs]
+        prompts = [fill_caption(template, class_names[k], **{slot: phrases[v]}) for k, v in pairs]
         decoded = decode_prompts(decoder, embedder, prompts, **decode_kwargs)
         cls = np.array([k for k, _ in pairs])
         attribute = Attribute(values=np.array([v for _, v in pairs]), phrases=phrases, slot=slot)
