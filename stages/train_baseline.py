@@ -17,7 +17,7 @@ def main():
         classes = meta["classes"]
         device = resolve_device(b.device)
         train = load_split(PREPARED, "train")
-        model = build_classifier(b.arch, len(classes), b.width)
+        model = build_classifier(b.arch, len(classes), b.width, seed=p.seed)
         losses = fit(model, train.images, train.labels, epochs=b.epochs, batch_size=b.batch_size, lr=b.lr,
                      momentum=b.momentum, weight_decay=b.weight_decay, augment_data=b.augment,
                      seed=p.seed, device=device, desc="train_baseline")

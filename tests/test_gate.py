@@ -204,7 +204,9 @@ def test_parse_dvc_metrics_diff_rejects_other_shapes():
 
 @pytest.mark.parametrize("yaml_text, message", [
     ("checks: []", "non-empty list"),
-    ("metrics: []", "single top-level key 'checks'"),
+    ("metrics: []", "top-level key 'checks'"),
+    ("checks:\n  - {file: m.json, key: a, direction: higher, slack: {abs: 0}}\nsmoke: []",
+     "'smoke' must be a non-empty list"),
     ("checks:\n  - file: m.json\n    key: acc\n    direction: up\n    slack: {abs: 0.1}",
      r"checks\[0\] \(m.json: acc\): 'direction' must be one of"),
     ("checks:\n  - file: m.json\n    key: acc\n    direction: higher",
@@ -225,17 +227,26 @@ def test_malformed_config_names_entry_and_problem(tmp_path, capsys, yaml_text, m
     config = tmp_path / "gate.yaml"
     config.write_text(yaml_text)
     with pytest.raises(gate.GateError, match=message):
-        gate.load_checks(config)
+        gate.load_checks(config, "smoke" if "'smoke'" in message else "checks")
     snapshot = tmp_path / "b.json"
     snapshot.write_text("{}")
-    assert gate.main(["--config", str(config), "--baseline", str(snapshot)]) == 2
+    section = ["--section", "smoke"] if "'smoke'" in message else []
+    assert gate.main(["--config", str(config), "--baseline", str(snapshot), *section]) == 2
     assert "gate: error:" in capsys.readouterr().err
 
 
 def test_shipped_gate_yaml_is_valid():
-    checks = gate.load_checks(Path(__file__).resolve().parents[1] / "gate.yaml")
-    assert {(c.file, c.key) for c in checks} >= {("metrics/baseline.json", "test.accuracy"),
-                                                  ("metrics/baseline.json", "test.subpop.mean_gap")}
+    for section in gate.SECTIONS:
+        checks = gate.load_checks(Path(__file__).resolve().parents[1] / "gate.yaml", section)
+        assert {(c.file, c.key) for c in checks} >= {("metrics/baseline.json", "test.accuracy"),
+                                                      ("metrics/evaluate.json", "arms.*.hard_acc_gt.mean")}
+
+
+def test_section_that_is_absent_is_named(tmp_path):
+    config = tmp_path / "gate.yaml"
+    config.write_text("checks:\n  - {file: m.json, key: a, direction: higher, slack: {abs: 0}}\n")
+    with pytest.raises(gate.GateError, match="no section 'smoke'"):
+        gate.load_checks(config, "smoke")
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from failmap.captions import fill_caption
 from failmap.device import resolve_device
 from failmap.embedder import Embedder, normalise_batch, register_config, world_clip_paths
-from failmap.io import atomic_path, write_json
+from failmap.io import save_torch, write_json
 
 DEFAULT_TEMPLATE = "a photo of a {adjective} {noun} {context}"
 HEAD_WIDTH = 32          # attention head width for both towers: 128-wide towers get 4 heads
@@ -217,8 +217,7 @@ def train_clip(images_uint8: np.ndarray, captions, out_dir: str | Path, *, embed
             bar.set_postfix(loss=f"{running:.3f}")
 
     model.eval()
-    with atomic_path(weights_path) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    save_torch({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights_path)
     return dict(
         final_loss=round(running, 5), steps=steps, batch_size=batch_size, n_pairs=len(captions),
         n_unique_captions=len(unique), n_params=sum(p.numel() for p in model.parameters()),

@@ -38,6 +38,7 @@ from failmap.io import read_json, write_json
 DIRECTIONS = ("higher", "lower")
 SLACK_KINDS = ("abs", "rel")
 ENTRY_FIELDS = ("file", "key", "direction", "slack")
+SECTIONS = ("checks", "smoke")
 
 OK, REGRESSED, MISSING, NEW, INVALID = "OK", "REGRESSED", "MISSING", "NEW", "INVALID"
 FAILING = (REGRESSED, MISSING, INVALID)
@@ -83,8 +84,10 @@ class Row:
 
 # ---------------------------------------------------------------- config ----
 
-def load_checks(path: str | Path) -> list[Check]:
-    """Parse and validate gate.yaml; every problem names the entry it is in."""
+def load_checks(path: str | Path, section: str = "checks") -> list[Check]:
+    """Parse and validate one list of checks (``section``) of gate.yaml; every
+    problem names the entry it is in. gate.yaml holds ``checks`` (the default
+    pipeline's metrics) and may hold ``smoke`` (the tiny pipeline of ``.ci/smoke``)."""
     path = Path(path)
     if not path.is_file():
         raise GateError(f"{path}: gate config not found")
@@ -92,17 +95,20 @@ def load_checks(path: str | Path) -> list[Check]:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise GateError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(doc, dict) or set(doc) != {"checks"}:
-        raise GateError(f"{path}: expected a mapping with a single top-level key 'checks', "
+    if not isinstance(doc, dict) or "checks" not in doc or set(doc) - set(SECTIONS):
+        raise GateError(f"{path}: expected a mapping with top-level key 'checks' (and optionally "
+                        f"{[s for s in SECTIONS if s != 'checks']}), "
                         f"got {sorted(doc) if isinstance(doc, dict) else type(doc).__name__}")
-    entries = doc["checks"]
+    if section not in doc:
+        raise GateError(f"{path}: no section '{section}'; it has {sorted(doc)}")
+    entries = doc[section]
     if not isinstance(entries, list) or not entries:
-        raise GateError(f"{path}: 'checks' must be a non-empty list of entries")
-    return [_parse_entry(path, i, entry) for i, entry in enumerate(entries)]
+        raise GateError(f"{path}: '{section}' must be a non-empty list of entries")
+    return [_parse_entry(path, i, entry, section) for i, entry in enumerate(entries)]
 
 
-def _parse_entry(path: Path, index: int, entry) -> Check:
-    where = f"{path}: checks[{index}]"
+def _parse_entry(path: Path, index: int, entry, section: str = "checks") -> Check:
+    where = f"{path}: {section}[{index}]"
     if not isinstance(entry, dict):
         raise GateError(f"{where}: expected a mapping with {', '.join(ENTRY_FIELDS)}, "
                         f"got {type(entry).__name__}")
@@ -331,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--write-baseline", metavar="FILE",
                         help="snapshot the workspace metrics into FILE and exit")
     parser.add_argument("--config", default="gate.yaml", help="tolerances (default: gate.yaml)")
+    parser.add_argument("--section", default="checks", choices=SECTIONS,
+                        help="which list of checks in the config (default: checks; smoke: the tiny "
+                             "pipeline of .ci/smoke)")
     parser.add_argument("--metrics-dir", default="metrics",
                         help="folder --write-baseline snapshots (default: metrics)")
     parser.add_argument("--markdown", action="store_true",
@@ -342,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             snapshot = write_baseline(args.write_baseline, args.metrics_dir)
             print(f"gate: wrote {args.write_baseline} ({len(snapshot)} metrics files)")
             return 0
-        checks = load_checks(args.config)
+        checks = load_checks(args.config, args.section)
         old = dvc_baseline(args.rev) if args.rev else load_baseline_file(args.baseline)
         new = read_workspace_metrics(sorted({c.file for c in checks}))
         rows = compare(checks, old, new)
@@ -351,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     baseline_name = f"revision {args.rev}" if args.rev else args.baseline
-    print(f"gate: workspace vs {baseline_name} under {args.config}\n")
+    print(f"gate: workspace vs {baseline_name} under {args.config} ({args.section})\n")
     print(format_table(rows, markdown=args.markdown))
     print()
     if rows and all(r.old is None for r in rows):

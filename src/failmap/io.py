@@ -29,6 +29,15 @@ def write_json(path: str | Path, obj) -> None:
         Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def save_torch(obj, path: str | Path) -> None:
+    """``torch.save`` atomically, through a file handle: torch names the archive
+    inside after a path's file name, which for the random temporary name would
+    make two identical saves differ byte for byte."""
+    import torch
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+
+
 def read_json(path: str | Path):
     path = Path(path)
     if not path.exists():

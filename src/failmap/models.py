@@ -54,7 +54,11 @@ class CifarResNet18(nn.Module):
         return self.fc(self.features(x))
 
 
-def build_classifier(arch: str, n_classes: int, width: int = 32) -> nn.Module:
+def build_classifier(arch: str, n_classes: int, width: int = 32, seed: int | None = None) -> nn.Module:
+    """A freshly initialised classifier; with ``seed``, the initial weights
+    depend on it alone (not on whatever drew from torch's global generator before)."""
+    if seed is not None:
+        torch.manual_seed(seed)
     if arch == "small_cnn":
         return SmallCNN(n_classes, width)
     if arch == "resnet18":
@@ -63,10 +67,9 @@ def build_classifier(arch: str, n_classes: int, width: int = 32) -> nn.Module:
 
 
 def save_classifier(model: nn.Module, path, *, arch: str, n_classes: int, width: int, classes: list[str]) -> None:
-    from failmap.io import atomic_path
-    with atomic_path(path) as tmp:
-        torch.save(dict(arch=arch, n_classes=n_classes, width=width, classes=classes,
-                        state_dict=model.state_dict()), tmp)
+    from failmap.io import save_torch
+    save_torch(dict(arch=arch, n_classes=n_classes, width=width, classes=classes, state_dict=model.state_dict()),
+               path)
 
 
 def load_classifier(path, device: str = "cpu") -> tuple[nn.Module, dict]:
