@@ -137,6 +137,39 @@ def test_train_decoder_is_deterministic(tmp_path):
         torch.testing.assert_close(runs[0][key], runs[1][key], rtol=0, atol=0)
 
 
+def test_snapshots_and_caption_conditioning(tmp_path):
+    images, image_embeds, text_embeds, _ = two_colour_world(n=16)
+    seen = []
+    train_decoder(images, image_embeds, text_embeds, tmp_path / "d", space="s", steps=4, seed=0,
+                  text_cond_prob=0.5, snapshot_every=2, on_snapshot=lambda step, pipe: seen.append((step, pipe)),
+                  **TINY)
+    assert [step for step, _ in seen] == [2]  # not at the end: the saved decoder is the last state
+    snapshot = seen[0][1]
+    assert isinstance(snapshot, EmbeddingDecoderPipeline) and snapshot.space == "s"
+    final = EmbeddingDecoderPipeline.from_pretrained(tmp_path / "d")
+    differs = [not torch.equal(a, b) for a, b in zip(snapshot.unet.parameters(), final.unet.parameters())]
+    assert any(differs)  # the snapshot was a copy, not the model still being trained
+
+
+def test_caption_conditioning_learns_captions_the_bridge_alone_cannot_place(tmp_path):
+    """Captions whose directions say nothing about the image directions (red captions along e3, blue
+    along e4, images along e0 / e1): bridged, a red and a blue caption differ only along e3 - e4, which
+    no image embedding has. Trained on its captions too (text_cond_prob), the decoder still draws them."""
+    images, image_embeds, _, which = two_colour_world()
+    text_embeds = normalize(np.eye(DIM)[[3, 4]][which] + 0.05 * np.random.default_rng(1).normal(size=(len(which), DIM)))
+    kwargs = dict(guidance_scale=2.0, num_inference_steps=10, seed=0, show_progress=False)
+    train_decoder(images, image_embeds, text_embeds, tmp_path / "d", space="s", steps=120, seed=0,
+                  text_cond_prob=0.5, mixed_precision=True, cond_scale=DIM ** 0.5, **TINY)
+    pipe = load_decoder("world", tmp_path / "d", device="cpu")
+    assert pipe.config.cond_scale == DIM ** 0.5  # saved: sampling scales the conditions as training did
+    drawn = pipe.decode_texts(np.eye(DIM)[[3, 4, 3, 4]], **kwargs).astype(float)
+    red, blue = drawn[..., 0].mean((1, 2)), drawn[..., 2].mean((1, 2))
+    assert (red[[0, 2]] > blue[[0, 2]] + 40).all() and (blue[[1, 3]] > red[[1, 3]] + 40).all()
+    # the image arm still works: half of the batches were conditioned on image embeddings
+    drawn = pipe.decode_images(np.eye(DIM)[[0, 1]], **kwargs).astype(float)
+    assert drawn[0, ..., 0].mean() > drawn[0, ..., 2].mean() + 40 and drawn[1, ..., 2].mean() > drawn[1, ..., 0].mean() + 40
+
+
 def test_train_decoder_rejects_bad_input(tmp_path):
     images, image_embeds, text_embeds, _ = two_colour_world(n=8)
     with pytest.raises(ValueError, match="uint8"):
@@ -147,6 +180,12 @@ def test_train_decoder_rejects_bad_input(tmp_path):
         train_decoder(images, image_embeds, text_embeds[:, :4], tmp_path, space="s", steps=1)
     with pytest.raises(ValueError, match="cond_dropout"):
         train_decoder(images, image_embeds, text_embeds, tmp_path, space="s", steps=1, cond_dropout=1.0)
+    with pytest.raises(ValueError, match="text_cond_prob"):
+        train_decoder(images, image_embeds, text_embeds, tmp_path, space="s", steps=1, text_cond_prob=1.5)
+    with pytest.raises(ValueError, match="cond_scale"):
+        train_decoder(images, image_embeds, text_embeds, tmp_path, space="s", steps=1, cond_scale=0.0)
+    with pytest.raises(ValueError, match="one caption embedding per image"):
+        train_decoder(images, image_embeds, text_embeds[:3], tmp_path, space="s", steps=1, text_cond_prob=0.5)
     with pytest.raises(ValueError, match="divisible"):
         build_unet(DIM, [8, 16, 16, 16], image_size=8, patch_size=2)
 

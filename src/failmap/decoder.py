@@ -138,18 +138,20 @@ class EmbeddingDecoderPipeline(DiffusionPipeline):
     quarter of the spatial positions for p = 2, hence ~3x cheaper steps.
 
     Config (saved in ``model_index.json``): ``space`` (the embedding space the
-    conditions came from), ``patch_size`` and the modality bridge's
-    ``mean_image`` / ``mean_text``.
+    conditions came from), ``patch_size``, the modality bridge's
+    ``mean_image`` / ``mean_text`` and ``cond_scale`` (unit conditions are
+    multiplied by it before they enter the UNet; sqrt(D) gives them entries of
+    unit variance like the network's other inputs).
     """
 
     model_cpu_offload_seq = "unet"
 
     def __init__(self, unet: UNet2DConditionModel, scheduler: DDIMScheduler, space: str = "",
                  patch_size: int = 1, mean_image: list[float] | None = None,
-                 mean_text: list[float] | None = None):
+                 mean_text: list[float] | None = None, cond_scale: float = 1.0):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(space=space, patch_size=int(patch_size),
+        self.register_to_config(space=space, patch_size=int(patch_size), cond_scale=float(cond_scale),
                                 mean_image=None if mean_image is None else [float(v) for v in mean_image],
                                 mean_text=None if mean_text is None else [float(v) for v in mean_text])
 
@@ -194,6 +196,9 @@ class EmbeddingDecoderPipeline(DiffusionPipeline):
 
     # -- sampling
     def _condition_kwargs(self, cond: torch.Tensor) -> dict:
+        """The UNet's inputs for unit conditions ``cond`` (zero rows: unconditional), scaled by
+        ``cond_scale`` (the factor the decoder was trained with)."""
+        cond = cond * float(self.config.get("cond_scale", 1.0))
         kwargs = dict(encoder_hidden_states=cond[:, None, :])
         if self.unet.config.class_embed_type == "projection":
             kwargs["class_labels"] = cond

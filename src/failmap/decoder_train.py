@@ -11,10 +11,17 @@ What makes it fit the CPU budget (measured in benchmarks/bench_decoder.py):
   3 x 32 x 32, every pixel kept, ~3x cheaper per step;
 - an exponential moving average of the weights (``ema_decay``), which gives
   clean samples long before the raw weights stop jittering;
-- linear warm-up then cosine decay of a high learning rate.
+- linear warm-up then cosine decay of a high learning rate;
+- ``mixed_precision``: bfloat16 autocast (AMX / AVX512-BF16 CPUs, GPUs), and
+  channels-last convolutions.
+
+What makes it learn in that budget: the condition enters scaled to
+unit-variance entries (``cond_scale`` sqrt(D)), and ``text_cond_prob`` trains
+on the images' own (bridged) captions as well as on their image embeddings.
 """
 from __future__ import annotations
 
+import copy
 import math
 import shutil
 import tempfile
@@ -35,7 +42,8 @@ HEAD_DIM = 32           # attention head width
 
 
 def build_unet(embed_dim: int, channels: list[int] | tuple[int, ...], image_size: int, patch_size: int = 2,
-               time_conditioning: bool = True, attention_levels: int = 0) -> UNet2DConditionModel:
+               time_conditioning: bool = True, attention_levels: int = 0,
+               scale_shift: bool = False) -> UNet2DConditionModel:
     """A small conditional UNet: one block per entry of ``channels`` (the
     first at full resolution without attention, the lower ones with
     self-attention + one-token cross-attention), one ResNet layer per block.
@@ -43,7 +51,9 @@ def build_unet(embed_dim: int, channels: list[int] | tuple[int, ...], image_size
     ``time_conditioning`` also adds a learned projection of the embedding to
     the timestep embedding, which every ResNet layer sees (scale and shift of
     its features); with a single token, cross-attention alone reduces to a
-    per-layer constant bias, a weak handle on the image.
+    per-layer constant bias, a weak handle on the image. ``scale_shift``: the
+    timestep + condition embedding scales and shifts each ResNet layer's
+    normalised features (FiLM, as in ADM) instead of only adding a bias.
     """
     channels = [int(c) for c in channels]
     if len(channels) < 2:
@@ -65,6 +75,7 @@ def build_unet(embed_dim: int, channels: list[int] | tuple[int, ...], image_size
         sample_size=size, in_channels=3 * patch_size ** 2, out_channels=3 * patch_size ** 2,
         block_out_channels=tuple(channels), layers_per_block=1, down_block_types=down, up_block_types=up,
         cross_attention_dim=embed_dim, norm_num_groups=GROUP_NORM_GROUPS,
+        resnet_time_scale_shift="scale_shift" if scale_shift else "default",
         # diffusers quirk: this argument is the number of heads per block, not their width
         attention_head_dim=tuple(max(1, c // HEAD_DIM) for c in channels),
         **extra)
@@ -103,14 +114,26 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
                   train_timesteps: int = 1000, seed: int = 0, device: str = "auto", patch_size: int = 2,
                   time_conditioning: bool = True, ema_decay: float = 0.999, warmup: int = 100,
                   prediction_type: str = "epsilon", beta_schedule: str = "squaredcos_cap_v2", attention_levels: int = 0,
-                  snr_gamma: float | None = 5.0,
-                  log_every: int = 50) -> dict:
+                  snr_gamma: float | None = 5.0, text_cond_prob: float = 0.0, mixed_precision: bool = False,
+                  cond_scale: float = 1.0, scale_shift: bool = False,
+                  log_every: int = 50, snapshot_every: int = 0, on_snapshot=None) -> dict:
     """Train the world decoder on (image, image embedding) pairs; save it to ``out_dir``.
 
     ``text_embeds_for_bridge``: caption embeddings of the same space (e.g. the
     corpus captions) from which, with ``image_embeds``, the modality bridge is
-    fitted and stored in the pipeline config. ``space``: the embedder's space
-    string, stored so that a decoder is never fed another space's vectors.
+    fitted and stored in the pipeline config. When they are the captions *of
+    these images* (one per image, same order), ``text_cond_prob`` > 0 also
+    trains on them: with that probability an image's condition is its
+    caption's bridged embedding instead of its image embedding. The decoder
+    then learns p(image | caption) as well, and a caption that leaves
+    attributes open ("a photo of a star") is drawn with varied colours and
+    contexts instead of as the blend of all of them that its embedding, a
+    centroid of many images, would otherwise decode to.
+    ``space``: the embedder's space string, stored so that a decoder is never
+    fed another space's vectors.
+    ``on_snapshot(step, pipeline)``, when given, is called every
+    ``snapshot_every`` steps with a decoder holding the current averaged
+    weights (to log sample grids or learning curves while training).
     Returns metrics (final loss, wall time, parameter count, loss history).
     Same inputs and seed give the same weights (on the same device).
     """
@@ -127,11 +150,18 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
     bridge = ModalityBridge.fit(image_embeds, text_embeds_for_bridge)
     if not 0.0 <= cond_dropout < 1.0:
         raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
+    if not 0.0 <= text_cond_prob <= 1.0:
+        raise ValueError(f"text_cond_prob must be in [0, 1], got {text_cond_prob}")
+    if text_cond_prob > 0 and len(text_embeds_for_bridge) != n:
+        raise ValueError(f"text_cond_prob > 0 trains on each image's caption, so text_embeds_for_bridge must hold "
+                         f"one caption embedding per image ({n}), got {len(text_embeds_for_bridge)}")
     if steps < 1 or batch_size < 1 or lr <= 0 or train_timesteps < 2 or warmup < 0:
         raise ValueError(f"need steps >= 1, batch_size >= 1, lr > 0, train_timesteps >= 2, warmup >= 0; got "
                          f"{steps}, {batch_size}, {lr}, {train_timesteps}, {warmup}")
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1) (0 disables the average), got {ema_decay}")
+    if not cond_scale > 0:
+        raise ValueError(f"cond_scale must be > 0, got {cond_scale}")
     if prediction_type not in ("epsilon", "v_prediction"):
         raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got '{prediction_type}'")
     dev = torch.device(resolve_device(device))
@@ -139,7 +169,9 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
 
     torch.manual_seed(seed)  # weight initialisation
     dim = image_embeds.shape[1]
-    unet = build_unet(dim, channels, h, patch_size, time_conditioning, attention_levels).to(dev).train()
+    unet = build_unet(dim, channels, h, patch_size, time_conditioning, attention_levels,
+                      scale_shift).to(dev).train()
+    unet = unet.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN), same results
     noise_scheduler = DDPMScheduler(num_train_timesteps=train_timesteps, beta_schedule=beta_schedule,
                                     prediction_type=prediction_type, clip_sample=True)
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(dev)
@@ -148,9 +180,21 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
 
     images = torch.from_numpy(images_uint8).permute(0, 3, 1, 2).contiguous().to(dev)  # uint8, 4x less than float
     conds = torch.from_numpy(image_embeds).to(dev)
+    caption_conds = torch.from_numpy(bridge(text_embeds_for_bridge)).to(dev) if text_cond_prob > 0 else None
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, steps))
     generator = torch.Generator().manual_seed(seed)  # batches, timesteps, noise, condition dropout
+
+    def pipeline(model: UNet2DConditionModel) -> EmbeddingDecoderPipeline:
+        """A decoder with the averaged weights (the raw ones without averaging)."""
+        if ema is not None:
+            with torch.no_grad():
+                for p, e in zip(model.parameters(), ema):
+                    p.copy_(e)
+        sampler = DDIMScheduler.from_config(noise_scheduler.config, steps_offset=1)
+        return EmbeddingDecoderPipeline(unet=model.eval().cpu(), scheduler=sampler, space=space,
+                                        patch_size=patch_size, mean_image=bridge.mean_image.tolist(),
+                                        mean_text=bridge.mean_text.tolist(), cond_scale=cond_scale)
 
     history, running = [], None
     bar = tqdm(range(steps), desc="pretrain decoder", unit="step", mininterval=2)
@@ -160,8 +204,11 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
         if patch_size > 1:
             x0 = F.pixel_unshuffle(x0, patch_size)
         cond = conds[idx.to(dev)]
+        if caption_conds is not None:
+            use_caption = (torch.rand(batch_size, generator=generator) < text_cond_prob).to(dev)
+            cond = torch.where(use_caption[:, None], caption_conds[idx.to(dev)], cond)
         keep = (torch.rand(batch_size, generator=generator) >= cond_dropout).float().to(dev)
-        cond = cond * keep[:, None]
+        cond = cond * keep[:, None] * cond_scale
         t = torch.randint(0, train_timesteps, (batch_size,), generator=generator).to(dev)
         noise = torch.randn(x0.shape, generator=generator).to(dev)
         a = alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
@@ -169,8 +216,10 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
         noisy = a * x0 + s * noise
         target = noise if prediction_type == "epsilon" else a * noise - s * x0
         kwargs = dict(class_labels=cond) if time_conditioning else {}
-        pred = unet(noisy, t, encoder_hidden_states=cond[:, None, :], **kwargs).sample
-        per_image = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=mixed_precision):
+            pred = unet(noisy.contiguous(memory_format=torch.channels_last), t,
+                        encoder_hidden_states=cond[:, None, :], **kwargs).sample
+        per_image = F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3))
         loss = (per_image * weights_of(t)).mean()
 
         optimizer.zero_grad(set_to_none=True)
@@ -190,14 +239,10 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
             history.append(dict(step=step, loss=round(value, 5), lr=optimizer.param_groups[0]["lr"]))
             bar.set_postfix(loss=f"{running:.4f}")
 
-    if ema is not None:
-        with torch.no_grad():
-            for p, e in zip(unet.parameters(), ema):
-                p.copy_(e)
-    unet.eval()
-    sampler = DDIMScheduler.from_config(noise_scheduler.config, steps_offset=1)
-    pipe = EmbeddingDecoderPipeline(unet=unet.cpu(), scheduler=sampler, space=space, patch_size=patch_size,
-                                    mean_image=bridge.mean_image.tolist(), mean_text=bridge.mean_text.tolist())
+        if on_snapshot is not None and snapshot_every > 0 and (step + 1) % snapshot_every == 0 and step + 1 < steps:
+            on_snapshot(step + 1, pipeline(copy.deepcopy(unet)))
+
+    pipe = pipeline(unet)
     save_pipeline(pipe, out_dir)
     return dict(
         final_loss=round(running, 5), steps=steps, batch_size=batch_size, n_images=n,

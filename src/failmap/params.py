@@ -127,11 +127,21 @@ class Clip:
 @dataclass(frozen=True)
 class DecoderTrain:
     channels: list[int] = _p([32, 64, 128], ge=1, min_len=1)
-    steps: int = _p(1200, ge=1)
+    patch_size: int = _p(2, ge=1)
+    attention_levels: int = _p(0, ge=0)
+    scale_shift: bool = False
+    steps: int = _p(1400, ge=1)
     batch_size: int = _p(32, ge=1)
-    lr: float = _p(0.002, gt=0)
-    cond_dropout: float = _p(0.1, ge=0, le=1)
-    train_timesteps: int = _p(1000, ge=1)
+    lr: float = _p(0.004, gt=0)
+    warmup: int = _p(100, ge=0)
+    ema_decay: float = _p(0.999, ge=0, lt=1)
+    cond_dropout: float = _p(0.1, ge=0, lt=1)
+    text_cond_prob: float = _p(0.5, ge=0, le=1)
+    cond_scale: float = _p(8.0, gt=0)
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    snr_gamma: Optional[float] = _p(5.0, gt=0)
+    train_timesteps: int = _p(1000, ge=2)
+    mixed_precision: bool = True
 
 
 @dataclass(frozen=True)
@@ -139,8 +149,8 @@ class Decoder:
     source: Literal["world", "unclip"] = "world"
     model: str = _p("stabilityai/stable-diffusion-2-1-unclip-small", min_len=1)
     text_model: str = _p("stabilityai/stable-diffusion-2-1-base", min_len=1)
-    num_inference_steps: int = _p(25, ge=1)
-    guidance_scale: float = _p(3.0, ge=0)
+    num_inference_steps: int = _p(15, ge=1)
+    guidance_scale: float = _p(5.0, ge=0)
     batch_size: int = _p(64, ge=1)
     device: Device = "auto"
     train: DecoderTrain = _section(DecoderTrain)
