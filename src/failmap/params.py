@@ -175,8 +175,8 @@ class Caption:
 class Generate:
     n_per_class: int = _p(100, ge=1)
     alpha: float = _p(0.3, gt=0, le=1)
-    eval_alphas: list[float] = _p([0.1, 0.2, 0.3, 0.4, 0.5], gt=0, le=1, min_len=1, unique=True)
-    n_eval_per_class: int = _p(32, ge=1)
+    eval_alphas: list[float] = _p([0.1, 0.3, 0.5], gt=0, le=1, min_len=1, unique=True)
+    n_eval_per_class: int = _p(16, ge=1)
 
 
 @dataclass(frozen=True)
