@@ -4,8 +4,6 @@ world), then check it draws what captions say. With decoder.source: unclip
 there is nothing to train: it records that (generate loads the pretrained one)."""
 from dataclasses import asdict
 
-import numpy as np
-
 from failmap.data import load_meta, load_split
 from failmap.decoder import check_compatible, load_decoder
 from failmap.decoder_eval import decoder_report
@@ -35,8 +33,7 @@ def main():
         embedder = load_embedder(c.source, c.arch, c.pretrained, CLIP_DIR, c.device, c.batch_size)
         corpus = load_split(PREPARED, "corpus")
         image_embeds = embedder.embed_images(corpus.images)
-        unique, inverse = np.unique(corpus.captions, return_inverse=True)  # embed each distinct caption once
-        text_embeds = embedder.embed_texts(unique.tolist())[inverse]
+        text_embeds = embedder.embed_texts_per_row(corpus.captions)
         train_metrics = train_decoder(corpus.images, image_embeds, text_embeds, DECODER_DIR, space=embedder.space,
                                       seed=p.seed, device=d.device, **asdict(d.train))
 

@@ -78,6 +78,10 @@ def test_shapes_normalisation_determinism(tiny):
     assert t.shape == (3, 16) and t.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1.0, atol=1e-5)
     assert np.array_equal(t[0], t[2]) and not np.allclose(t[0], t[1])
+    rows = ["a photo of a heart", "a photo of a cross", "a photo of a heart", "a photo of a star"]
+    per_row = emb.embed_texts_per_row(np.array(rows))  # each distinct caption embedded once
+    assert per_row.shape == (4, 16)
+    np.testing.assert_allclose(per_row, emb.embed_texts(rows), atol=1e-5)
     assert emb.embed_images(np.zeros((0, 16, 16, 3), np.uint8)).shape == (0, 16)
 
 

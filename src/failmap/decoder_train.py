@@ -199,14 +199,14 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
     history, running = [], None
     bar = tqdm(range(steps), desc="pretrain decoder", unit="step", mininterval=2)
     for step in bar:
-        idx = torch.randint(0, n, (batch_size,), generator=generator)
-        x0 = images[idx.to(dev)].float().div_(127.5).sub_(1.0)
+        idx = torch.randint(0, n, (batch_size,), generator=generator).to(dev)
+        x0 = images[idx].float().div_(127.5).sub_(1.0)
         if patch_size > 1:
             x0 = F.pixel_unshuffle(x0, patch_size)
-        cond = conds[idx.to(dev)]
+        cond = conds[idx]
         if caption_conds is not None:
             use_caption = (torch.rand(batch_size, generator=generator) < text_cond_prob).to(dev)
-            cond = torch.where(use_caption[:, None], caption_conds[idx.to(dev)], cond)
+            cond = torch.where(use_caption[:, None], caption_conds[idx], cond)
         keep = (torch.rand(batch_size, generator=generator) >= cond_dropout).float().to(dev)
         cond = cond * keep[:, None] * cond_scale
         t = torch.randint(0, train_timesteps, (batch_size,), generator=generator).to(dev)

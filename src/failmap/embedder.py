@@ -105,6 +105,12 @@ class Embedder:
                 out[start:start + bs] = F.normalize(feats, dim=-1).cpu().numpy()
         return out
 
+    def embed_texts_per_row(self, texts) -> np.ndarray:
+        """One embedding per entry of ``texts`` (N, dim), each distinct text
+        embedded once: a captioned corpus repeats its captions many times."""
+        unique, inverse = np.unique(np.asarray(texts), return_inverse=True)
+        return self.embed_texts(unique.tolist())[inverse]
+
 
 def normalise_batch(x: torch.Tensor, size: tuple[int, int], mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """float (B, 3, H, W) in [0, 1] -> model input: resize the shorter side to

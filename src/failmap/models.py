@@ -6,6 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
+from failmap.io import save_torch
+
 ARCHS = ("small_cnn", "resnet18")
 
 
@@ -67,7 +69,6 @@ def build_classifier(arch: str, n_classes: int, width: int = 32, seed: int | Non
 
 
 def save_classifier(model: nn.Module, path, *, arch: str, n_classes: int, width: int, classes: list[str]) -> None:
-    from failmap.io import save_torch
     save_torch(dict(arch=arch, n_classes=n_classes, width=width, classes=classes, state_dict=model.state_dict()),
                path)
 
