@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep and Path(args.keep).exists():
         parser.error(f"--keep {args.keep}: already exists")
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="failmap-smoke-"))
+    caller_cwd = os.getcwd()
     try:
         tiny_copy(repo, work)
         print(f"smoke: dvc repro of the tiny pipeline in {work}", flush=True)
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return gate.main(["--config", str(repo / "gate.yaml"), "--section", "smoke",
                           "--baseline", str(repo / SMOKE_BASELINE)])
     finally:
-        os.chdir(repo)
+        os.chdir(caller_cwd)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
