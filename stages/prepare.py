@@ -15,7 +15,8 @@ def build(p):
                               n_corpus=w.n_corpus, planted_attribute=w.planted_attribute,
                               planted_values=w.planted_values, train_rate=w.train_rate,
                               eval_rate=w.eval_rate, confuser_rate=w.confuser_rate, noise=w.noise,
-                              min_size=w.min_size, max_size=w.max_size, seed=p.seed)
+                              min_size=w.min_size, max_size=w.max_size,
+                              min_contrast=w.min_contrast, seed=p.seed)
     if d.source == "cifar10":
         return prepare_cifar10(d.root, d.download, d.n_val, d.n_pool, p.seed)
     if d.source == "cifar100_superclass":

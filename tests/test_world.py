@@ -93,3 +93,26 @@ def test_choose_planted_distinct_while_values_last():
 def test_unknown_vocabulary_is_refused():
     with pytest.raises(ValueError, match="unknown shape 'blob'"):
         generate_world(seed=0, **{**SMALL, "classes": ["blob", "circle"]})
+
+
+def test_contrast_rule_excludes_exactly_the_near_invisible_pairs():
+    from failmap.world import COLOUR_RGB, MIN_CONTRAST, allowed
+    colours = ["red", "orange", "yellow", "green", "blue", "purple", "white"]
+    contexts = ["grass", "indoors", "snow", "water", "night", "sand"]
+    excluded = {(c, x) for x in contexts for c in colours
+                if c not in allowed(colours, x, fixed_is_context=True)}
+    assert excluded == {("white", "snow"), ("green", "grass"), ("blue", "water")}
+    assert set(COLOUR_RGB) >= set(colours) and MIN_CONTRAST == 0.35
+    # the rule is symmetric in what it forbids, and never leaves nothing to draw
+    assert "snow" not in allowed(contexts, "white", fixed_is_context=False)
+    assert allowed(["white"], "snow", fixed_is_context=True) == ["white"]
+    assert allowed(colours, "snow", fixed_is_context=True, min_contrast=0.0) == colours
+
+
+def test_sampled_worlds_follow_the_contrast_rule():
+    args = {**SMALL, "colours": ["green", "blue", "white", "red"], "n_train": 600, "n_val": 10}
+    pairs = lambda w: {(r["colour"], r["context"]) for r in w.ground_truth}
+    strict = pairs(generate_world(seed=1, **args))
+    assert not strict & {("white", "snow"), ("green", "grass"), ("blue", "water")}
+    loose = pairs(generate_world(seed=1, **args, min_contrast=0.0))
+    assert {("white", "snow"), ("green", "grass"), ("blue", "water")} <= loose

@@ -78,12 +78,13 @@ class World:
     n_corpus: int = _p(20000, ge=1)
     planted_attribute: Literal["context", "colour"] = "context"
     planted_values: Optional[list[str]] = _p(None, min_len=1)
-    train_rate: float = _p(0.02, ge=0, le=1)
+    train_rate: float = _p(0.01, ge=0, le=1)
     eval_rate: float = _p(0.2, ge=0, le=1)
     confuser_rate: float = _p(0.6, ge=0, le=1)
     noise: float = _p(0.06, ge=0, le=1)
     min_size: float = _p(0.45, gt=0, le=1)
     max_size: float = _p(0.8, gt=0, le=1)
+    min_contrast: float = _p(0.35, ge=0, le=2)
 
 
 @dataclass(frozen=True)
