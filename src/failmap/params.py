@@ -133,7 +133,7 @@ class DecoderTrain:
     scale_shift: bool = False
     steps: int = _p(1400, ge=1)
     batch_size: int = _p(32, ge=1)
-    lr: float = _p(0.004, gt=0)
+    lr: float = _p(0.002, gt=0)
     warmup: int = _p(100, ge=0)
     ema_decay: float = _p(0.999, ge=0, lt=1)
     cond_dropout: float = _p(0.1, ge=0, lt=1)
