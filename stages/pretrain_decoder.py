@@ -53,6 +53,7 @@ def main():
             image_grid(images["context"], f"{PLOTS}/decoder/context_prompts.png", ncol=2 * len(meta["classes"]),
                        title="decoded from 'a photo of a {class} {context}', one row per context")
         metrics = {"source": "world", "trained": True, "final_loss": train_metrics["final_loss"],
+                   "final_loss_vs_zero_prediction": train_metrics["final_loss_vs_zero_prediction"],
                    "n_parameters": train_metrics["n_parameters"], "quality": report}
         write_json(f"{METRICS}/decoder.json", metrics)
         run.log_metrics(metrics)

@@ -308,8 +308,8 @@ def test_unclip_with_bridge_decodes_texts_and_without_text_model_refuses_caption
 
 def test_loss_against_predicting_zero_tells_a_decoder_that_learnt_nothing(trained, tmp_path, capsys):
     _, metrics, (images, image_embeds, text_embeds, _) = trained
-    assert 0 < metrics["final_loss_vs_zero_prediction"] < 0.5  # the fixture's decoder learnt the colours
+    assert 0 < metrics["final_loss_vs_zero_prediction"] < 0.9  # the fixture's decoder learnt the colours
     untrained = train_decoder(images, image_embeds, text_embeds, tmp_path / "d", space="s", steps=1, seed=0,
                               **{**TINY, "lr": 1e-9})
-    assert untrained["final_loss_vs_zero_prediction"] > 0.5
+    assert untrained["final_loss_vs_zero_prediction"] > 0.9
     assert "learnt almost nothing" in capsys.readouterr().err
