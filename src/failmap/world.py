@@ -223,8 +223,12 @@ def sample_split(name: str, n: int, *, classes, colours, contexts, planted_attri
     the split's bias (see module docstring); everything else is uniform."""
     rng = np.random.default_rng([seed, 1000 + split_index])
     n_cls = len(classes)
-    values = contexts if planted_attribute == "context" else colours
+    by_context = planted_attribute == "context"
+    values = contexts if by_context else colours
     planted_idx = [values.index(v) for v in planted]
+    # per value of the planted attribute, the values of the other one it may be drawn with (contrast rule)
+    others = {v: allowed(colours if by_context else contexts, v, fixed_is_context=by_context,
+                         min_contrast=min_contrast) for v in values}
     labels = np.arange(n) % n_cls
     rng.shuffle(labels)
     images = np.empty((n, side, side, 3), dtype=np.uint8)
@@ -241,14 +245,9 @@ def sample_split(name: str, n: int, *, classes, colours, contexts, planted_attri
         else:
             p = _attribute_probs(len(values), planted_idx[k], eval_rate, None, 0.0)
         v = int(rng.choice(len(values), p=p))
-        if planted_attribute == "context":  # the other attribute: uniform over the pairs with contrast
-            context = contexts[v]
-            options = allowed(colours, context, fixed_is_context=True, min_contrast=min_contrast)
-            colour = options[int(rng.integers(len(options)))]
-        else:
-            colour = colours[v]
-            options = allowed(contexts, colour, fixed_is_context=False, min_contrast=min_contrast)
-            context = options[int(rng.integers(len(options)))]
+        options = others[values[v]]  # the other attribute: uniform over the pairs with contrast
+        other = options[int(rng.integers(len(options)))]
+        colour, context = (other, values[v]) if by_context else (values[v], other)
         size_frac = float(rng.uniform(min_size, max_size))
         margin = size_frac / 2
         cx, cy = rng.uniform(margin, 1 - margin, 2) if margin < 0.5 else (0.5, 0.5)
