@@ -17,6 +17,8 @@ REAL_MODELS = {
     "decoder": {"source": "unclip", "model": "stabilityai/stable-diffusion-2-1-unclip-small",
                 "text_model": "stabilityai/stable-diffusion-2-1-base", "num_inference_steps": 25,
                 "guidance_scale": 7.0, "batch_size": 16},
+    # unCLIP draws caption images from the words (text-to-image): nothing to blend with an image embedding
+    "generate": {"caption_weight": 1.0},
 }
 
 CONFIGS = {

@@ -5,13 +5,13 @@ import numpy as np
 
 from failmap.captions import reference_caption
 from failmap.data import load_meta
-from failmap.decoder import check_compatible, load_decoder
+from failmap.decoder import check_compatible, load_decoder, sampling_settings
 from failmap.device import resolve_device
 from failmap.embedder import load_embedder
 from failmap.embeddings import load_embeddings
-from failmap.generate import (accuracy_on_generated, class_reference_embeddings, generate_caption,
-                              generate_direction, generate_eval, generate_generic, hard_neutral_easy_report,
-                              save_generated, save_grid, write_manifest)
+from failmap.generate import (accuracy_on_generated, class_reference_embeddings, decoded_decision_report,
+                              generate_caption, generate_direction, generate_eval, generate_generic,
+                              hard_neutral_easy_report, save_generated, save_grid, write_manifest)
 from failmap.io import read_json, write_json
 from failmap.models import load_classifier
 from failmap.predictions import load_predictions
@@ -35,15 +35,16 @@ def main():
         train_pred = load_predictions(f"{BASELINE_PREDICTIONS}/train.csv")
         references = class_reference_embeddings(load_embeddings(EMBEDDINGS, "train", train_pred["id"]),
                                                 train_pred["label"], len(classes))
-        decode = dict(guidance_scale=d.guidance_scale, num_inference_steps=d.num_inference_steps,
-                      batch_size=d.batch_size)
+        decode = sampling_settings(d)
         n, seed = g.n_per_class, p.seed
         sets = []
         if "generic" in p.finetune.arms:
             refs = [reference_caption(p.caption.template, name) for name in classes]
             sets.append(generate_generic(decoder, embedder.embed_texts, classes, refs, n, seed, **decode))
         if "caption" in p.finetune.arms:
-            sets.append(generate_caption(decoder, embedder.embed_texts, classes, hard_captions, svms, n, seed, **decode))
+            sets.append(generate_caption(decoder, embedder.embed_texts, classes, hard_captions, svms, n, seed,
+                                         n_captions=g.n_captions, references=references, weight=g.caption_weight,
+                                         **decode))
         if "direction" in p.finetune.arms:
             sets.append(generate_direction(decoder, classes, references, svms, g.alpha, n, seed, **decode))
         eval_set = generate_eval(decoder, classes, references, svms, g.eval_alphas, g.n_eval_per_class, seed, **decode)
@@ -56,6 +57,7 @@ def main():
         device = resolve_device(p.baseline.device)
         model, _ = load_classifier(BASELINE_MODEL, device)
         metrics = {"eval": hard_neutral_easy_report(model, eval_set, classes, device),
+                   "eval_svm_decision": decoded_decision_report(embedder.embed_images, svms, eval_set),
                    "train_arms": {s.name: accuracy_on_generated(model, s.images, s.labels, device, classes)
                                   for s in sets if s is not eval_set},
                    "n_images": {s.name: int(len(s)) for s in sets}}

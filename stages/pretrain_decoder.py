@@ -5,7 +5,7 @@ there is nothing to train: it records that (generate loads the pretrained one)."
 from dataclasses import asdict
 
 from failmap.data import load_meta, load_split
-from failmap.decoder import check_compatible, load_decoder
+from failmap.decoder import check_compatible, load_decoder, sampling_settings
 from failmap.decoder_eval import decoder_report
 from failmap.decoder_train import train_decoder
 from failmap.device import resolve_device
@@ -45,8 +45,7 @@ def main():
         report, images = decoder_report(
             decoder, embedder, meta["classes"], colours={a: a for a in vocab["adjectives"]},
             contexts={x: x for x in vocab["contexts"]}, classifier=classifier, device=device,
-            n_per_class=N_PER_CLASS, guidance_scale=d.guidance_scale, num_inference_steps=d.num_inference_steps,
-            batch_size=d.batch_size, seed=p.seed)
+            n_per_class=N_PER_CLASS, seed=p.seed, **sampling_settings(d))
         image_grid(images["class"], f"{PLOTS}/decoder/class_prompts.png", ncol=N_PER_CLASS,
                    title="decoded from 'a photo of a {class}', one row per class")
         if "context" in images:

@@ -116,6 +116,26 @@ def test_decoding_is_seeded_and_independent_of_batch_size(trained):
         pipe(np.full((1, DIM), np.nan), **kwargs)
 
 
+def test_mixed_precision_sampling_draws_the_same_images_within_rounding(trained):
+    pipe = load_decoder("world", trained[0], device="cpu")
+    kwargs = dict(guidance_scale=2.0, num_inference_steps=10, seed=0, show_progress=False)
+    red_blue = np.eye(DIM)[[0, 1, 0, 1]]
+    full = pipe.decode_images(red_blue, **kwargs).astype(float)
+    half = pipe.decode_images(red_blue, mixed_precision=True, **kwargs)
+    np.testing.assert_array_equal(half, pipe.decode_images(red_blue, mixed_precision=True, **kwargs))
+    assert half.dtype == np.uint8 and 0 < np.abs(half - full).mean() < 8  # bfloat16, not float32, yet close
+    red, blue = half[..., 0].mean((1, 2)), half[..., 2].mean((1, 2))
+    assert (red[[0, 2]] > blue[[0, 2]] + 40).all() and (blue[[1, 3]] > red[[1, 3]] + 40).all()
+
+
+def test_sampling_settings_pass_mixed_precision_to_the_world_decoder_only():
+    from failmap.decoder import sampling_settings
+    from failmap.params import Decoder
+    world = sampling_settings(Decoder(mixed_precision=False))
+    assert world == dict(guidance_scale=5.0, num_inference_steps=15, batch_size=64, mixed_precision=False)
+    assert "mixed_precision" not in sampling_settings(Decoder(source="unclip"))
+
+
 def test_save_pretrained_from_pretrained_same_images(trained, tmp_path):
     pipe = EmbeddingDecoderPipeline.from_pretrained(trained[0])
     pipe.save_pretrained(tmp_path / "copy")

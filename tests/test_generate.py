@@ -11,7 +11,7 @@ from PIL import Image
 
 from failmap.data import load_split
 from failmap.decoder import normalize, slerp
-from failmap.generate import (class_reference_embeddings, derive_seed, generate_caption, generate_direction,
+from failmap.generate import (class_reference_embeddings, decoded_decision_report, derive_seed, generate_caption, generate_direction,
                               generate_eval, generate_generic, hard_neutral_easy_report, read_manifest,
                               sample_reference_embeddings, save_generated, save_grid, write_manifest)
 from failmap.svm import ClassSVM, Preprocessor, Skip
@@ -41,6 +41,9 @@ class FakeDecoder:
     def decode_captions(self, captions, text_embeds, seed=0, **kwargs):
         assert len(captions) == len(text_embeds)
         return self.decode_images(text_embeds, seed=seed, **kwargs)  # identity bridge
+
+    def to_image_space(self, text_embeds):
+        return normalize(np.asarray(text_embeds))  # identity bridge
 
 
 def embed_texts(texts):
@@ -119,6 +122,25 @@ def test_caption_cycles_the_hard_captions_and_skips_classes_without_svm():
         generate_caption(dec, embed_texts, CLASSES, {}, SVMS, n_per_class=2, base_seed=0)
 
 
+def test_caption_keeps_the_top_captions_and_blends_them_with_the_class_reference():
+    hard = {0: ["a photo of a circle on the grass", "a photo of a red circle", "a photo of a circle at night"]}
+    out = generate_caption(FakeDecoder(), embed_texts, CLASSES, hard, SVMS, n_per_class=5, base_seed=0,
+                           n_captions=2, references=REFS, weight=0.5)
+    assert [r["caption"] for r in out.rows] == [hard[0][i % 2] for i in range(5)]
+    blended = slerp(np.repeat(REFS[:1], 5, 0), embed_texts([r["caption"] for r in out.rows]), 0.5)
+    expected = np.clip(blended[:, :3] + noise(derive_seed(0, "caption", "circle"), 5), -1, 1)
+    np.testing.assert_allclose(colour_of(out.images), expected, atol=0.01)
+    # weight 1 is the caption alone, whatever the references
+    alone = generate_caption(FakeDecoder(), embed_texts, CLASSES, hard, SVMS, n_per_class=5, base_seed=0,
+                             n_captions=2, references=REFS, weight=1.0)
+    plain = generate_caption(FakeDecoder(), embed_texts, CLASSES, {0: hard[0][:2]}, SVMS, n_per_class=5, base_seed=0)
+    np.testing.assert_array_equal(alone.images, plain.images)
+    with pytest.raises(ValueError, match="pass references"):
+        generate_caption(FakeDecoder(), embed_texts, CLASSES, hard, SVMS, n_per_class=2, base_seed=0, weight=0.5)
+    with pytest.raises(ValueError, match="weight must lie"):
+        generate_caption(FakeDecoder(), embed_texts, CLASSES, hard, SVMS, n_per_class=2, base_seed=0, weight=0.0)
+
+
 def test_direction_moves_the_reference_towards_the_hard_pole():
     dec = FakeDecoder()
     out = generate_direction(dec, CLASSES, REFS, SVMS, alpha=0.4, n_per_class=6, base_seed=1)
@@ -190,6 +212,31 @@ def test_hard_neutral_easy_report_orders_a_classifier_that_leans_on_the_directio
     assert row["ordered"] and row["hard_lowest"]
     assert row["hard"]["confidence"] < report["neutral"]["confidence"] < row["easy"]["confidence"]
     assert report["neutral"]["n"] == 200 and "square" in report["skipped"]
+
+
+def test_decoded_decision_report_reads_the_direction_back_from_the_images():
+    out = generate_eval(FakeDecoder(), CLASSES, REFS, SVMS, alphas=[0.3, 0.6], n_per_class=50, base_seed=0)
+    report = decoded_decision_report(colour_of_padded, SVMS, out)
+    # the circle SVM's weight is the first coordinate, which the fake decoder writes as red
+    for a in ("alpha_0.3", "alpha_0.6"):
+        row = report["alphas"][a]
+        assert row["hard"] < report["neutral"] < row["easy"] and row["ordered"]
+    assert report["alphas"]["alpha_0.6"]["hard"] < report["alphas"]["alpha_0.3"]["hard"]
+    # a decoder that ignores its condition: every side looks the same, nothing is ordered
+    ignored = generate_eval(ConstantDecoder(), CLASSES, REFS, SVMS, alphas=[0.3], n_per_class=10, base_seed=0)
+    flat = decoded_decision_report(colour_of_padded, SVMS, ignored)
+    assert not flat["alphas"]["alpha_0.3"]["ordered"]
+    assert flat["alphas"]["alpha_0.3"]["hard"] == flat["neutral"] == flat["alphas"]["alpha_0.3"]["easy"]
+
+
+def colour_of_padded(images):
+    """A stand-in CLIP image embedder for the fake decoder: its colour, padded to D."""
+    return np.hstack([colour_of(images), np.zeros((len(images), D - 3))])
+
+
+class ConstantDecoder(FakeDecoder):
+    def decode_images(self, embeds, seed=0, **kwargs):
+        return np.full((len(embeds), SIDE, SIDE, 3), 128, np.uint8)
 
 
 def test_save_manifest_and_grid_round_trip(tmp_path):

@@ -246,10 +246,19 @@ def test_svm_needs_two_folds():
     ({"generate": {"alpha": 1.2}}, "generate.alpha", "1.2"),
     ({"generate": {"eval_alphas": [0.1, 0.0]}}, "generate.eval_alphas[1]", "0.0"),
     ({"generate": {"eval_alphas": [1.5]}}, "generate.eval_alphas[0]", "1.5"),
+    ({"generate": {"caption_weight": 0}}, "generate.caption_weight", "0"),
 ])
 def test_alphas_in_zero_one(raw, key, shown):
     msg = error_of(raw)
     assert f"{key} = {shown}" in msg and "(0, 1]" in msg
+
+
+def test_caption_arm_settings_that_cannot_work_are_refused():
+    msg = error_of({"generate": {"n_captions": 11}})
+    assert "generate.n_captions = 11" in msg and "caption.top_k (10)" in msg
+    msg = error_of({"decoder": {"source": "unclip"}})
+    assert "generate.caption_weight = 0.6" in msg and "unclip" in msg
+    assert params_from_dict({"decoder": {"source": "unclip"}, "generate": {"caption_weight": 1.0}}).generate.n_captions == 1
 
 
 @pytest.mark.parametrize("template", ["a photo of a {adjective} thing", "a {colour} {noun}", "a {noun"])

@@ -31,6 +31,7 @@ corpus pairs for the world decoder; no pairing is needed).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,13 +208,17 @@ class EmbeddingDecoderPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, embeds: np.ndarray, guidance_scale: float = 3.0, num_inference_steps: int = 25,
                  generator: torch.Generator | None = None, seed: int = 0, batch_size: int = 64,
-                 show_progress: bool = True) -> np.ndarray:
+                 show_progress: bool = True, mixed_precision: bool = False) -> np.ndarray:
         """Decode (N, D) vectors (normalised here) -> uint8 images (N, H, W, 3).
 
         DDIM (eta 0) from Gaussian noise drawn on the CPU for all N images up
         front, from ``generator`` or else from ``seed``: image i depends only
         on its vector and the seed, not on ``batch_size`` or the device.
         ``guidance_scale`` w: eps = eps(0) + w (eps(c) - eps(0)); 1 disables it.
+        ``mixed_precision``: the UNet runs under bfloat16 autocast (as it was
+        trained with ``decoder.train.mixed_precision``); the DDIM update stays
+        float32. About 2x faster on this CPU; images differ from float32 ones
+        by ~3/255 on average (same seed).
         """
         cond_all = torch.from_numpy(check_embeds(embeds, self.dim))
         if num_inference_steps < 1 or batch_size < 1:
@@ -227,6 +232,8 @@ class EmbeddingDecoderPipeline(DiffusionPipeline):
         noise_all = torch.randn((len(cond_all), channels, size, size), generator=generator)
         device, dtype = self.unet.device, self.unet.dtype
         guided = guidance_scale != 1.0
+        precision = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if mixed_precision
+                     else contextlib.nullcontext())
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         out = []
         starts = range(0, len(cond_all), batch_size)
@@ -238,7 +245,8 @@ class EmbeddingDecoderPipeline(DiffusionPipeline):
             for t in self.scheduler.timesteps:
                 model_in = torch.cat([x, x]) if guided else x
                 model_in = self.scheduler.scale_model_input(model_in, t)
-                pred = self.unet(model_in, t, **self._condition_kwargs(cond)).sample
+                with precision:
+                    pred = self.unet(model_in, t, **self._condition_kwargs(cond)).sample.to(x.dtype)
                 if guided:
                     uncond, conditional = pred.chunk(2)
                     pred = uncond + guidance_scale * (conditional - uncond)
@@ -247,6 +255,18 @@ class EmbeddingDecoderPipeline(DiffusionPipeline):
                 x = F.pixel_shuffle(x, p)
             out.append(to_uint8_images(x))
         return np.concatenate(out) if out else np.zeros((0, size * p, size * p, 3), np.uint8)
+
+
+def sampling_settings(decoder_params) -> dict:
+    """The sampling keyword arguments of the ``decoder`` params section, for
+    every stage that decodes (``mixed_precision`` only for the world decoder:
+    an unCLIP pipeline runs in the dtype it was loaded with)."""
+    d = decoder_params
+    settings = dict(guidance_scale=d.guidance_scale, num_inference_steps=d.num_inference_steps,
+                    batch_size=d.batch_size)
+    if d.source == "world":
+        settings["mixed_precision"] = d.mixed_precision
+    return settings
 
 
 # --------------------------------------------------------------- compatibility

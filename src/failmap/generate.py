@@ -3,7 +3,8 @@
 Three training arms, each decoded per class:
 
 - ``generic``: the reference caption "a photo of a {class}" only;
-- ``caption``: the class's top hard captions, cycled;
+- ``caption``: the class's top hard captions, cycled, each blended with the
+  class reference embedding (``generate.caption_weight``);
 - ``direction``: the class reference embedding moved along the great circle
   towards the hard pole of its SVM direction by ``alpha``;
 
@@ -249,22 +250,45 @@ def generate_generic(decoder, embed_texts: EmbedTexts, class_names: Sequence[str
 
 def generate_caption(decoder, embed_texts: EmbedTexts, class_names: Sequence[str],
                      hard_captions: Mapping[int, Sequence[str]], svms: Mapping[int, ClassSVM | Skip],
-                     n_per_class: int, base_seed: int, **decode_kwargs) -> GeneratedSet:
-    """``n_per_class`` images per class from its top hard captions (image i from
-    caption i mod k, so each caption gets an equal share, hardest first)."""
+                     n_per_class: int, base_seed: int, *, n_captions: int | None = None,
+                     references: np.ndarray | None = None, weight: float = 1.0,
+                     **decode_kwargs) -> GeneratedSet:
+    """``n_per_class`` images per class from its top ``n_captions`` hard
+    captions (all when None; image i from caption i mod k, so each caption
+    gets an equal share, hardest first).
+
+    ``weight`` 1: the caption alone (``decode_captions``: the world decoder's
+    bridge, unCLIP's text-to-image). ``weight`` < 1: the condition is
+    slerp(class reference, caption in the decoder's image space, weight),
+    with ``references`` as for ``generate_direction``: the caption's
+    attributes on an anchor inside the class's image cone, where the decoder
+    draws best (a bridged caption alone lands beside it; measured in
+    benchmarks/decoder_experiments.md)."""
     n = _check_count(n_per_class, "n_per_class")
+    if n_captions is not None:
+        n_captions = _check_count(n_captions, "n_captions")
+    if not 0.0 < weight <= 1.0:
+        raise ValueError(f"weight must lie in (0, 1] (a slerp weight; 1 = the caption alone), got {weight}")
+    if weight < 1.0:
+        if references is None:
+            raise ValueError("weight < 1 blends each caption with its class's reference embedding: pass references")
+        references = _check_references(references, len(class_names), decoder.dim)
     _check_svms(svms, len(class_names))
     out = _Builder("caption")
     for k, name in enumerate(class_names):
         if isinstance(svms[k], Skip):
             out.skip(name, f"no SVM, hence no hard captions: {svms[k].reason}")
             continue
-        top = [c for c in hard_captions.get(k, []) if c]
+        top = [c for c in hard_captions.get(k, []) if c][:n_captions]
         if not top:
             raise ValueError(f"class {name!r} has an SVM but no hard captions: the captions output is incomplete")
         captions = [top[i % len(top)] for i in range(n)]
         seed = derive_seed(base_seed, "caption", name)
-        images = decoder.decode_captions(captions, embed_texts(captions), seed=seed, **decode_kwargs)
+        if weight < 1.0:
+            conditions = slerp(_cycled(references[k], n), decoder.to_image_space(embed_texts(captions)), weight)
+            images = decoder.decode_images(conditions, seed=seed, **decode_kwargs)
+        else:
+            images = decoder.decode_captions(captions, embed_texts(captions), seed=seed, **decode_kwargs)
         out.add(images, class_name=name, label=k, side="hard", alpha=None, captions=captions, seed=seed, tag="c")
     return out.build()
 
@@ -367,6 +391,32 @@ def hard_neutral_easy_report(model, eval_set: GeneratedSet, class_names: Sequenc
             row["ordered"] = bool(acc["hard"] < acc["neutral"] < acc["easy"])
             row["hard_lowest"] = bool(acc["hard"] < min(acc["neutral"], acc["easy"]))
         # "alpha_0.3", not "0.3": flattened metric names ("alphas.alpha_0.3.hard.accuracy") stay readable
+        report["alphas"][f"alpha_{a:g}"] = row
+    return report
+
+
+def decoded_decision_report(embed_images: Callable[[np.ndarray], np.ndarray],
+                            svms: Mapping[int, ClassSVM | Skip], eval_set: GeneratedSet) -> dict:
+    """Did the decoder draw the direction it was given? Every evaluation image
+    is embedded again (CLIP) and scored by its class's SVM: per alpha, the mean
+    decision value of the hard, neutral and easy images (negative = the "will
+    fail" side), and ``ordered`` when hard < neutral < easy. Unlike the
+    classifier's accuracy this needs no recognisable object, so it tells a
+    decoder that ignores its condition from one whose images the classifier
+    cannot read. Classes without an SVM have no evaluation images."""
+    from failmap.svm import decision_values
+
+    if not len(eval_set):
+        return {"neutral": None, "alphas": {}}
+    decision = decision_values(dict(svms), embed_images(eval_set.images), eval_set.labels)
+
+    def mean(mask):
+        return float(np.nanmean(decision[mask])) if mask.any() else None
+
+    report = {"neutral": mean(eval_set.mask(side="neutral")), "alphas": {}}
+    for a in sorted({r["alpha"] for r in eval_set.rows if r["side"] != "neutral"}):
+        row = {side: mean(eval_set.mask(side=side, alpha=a)) for side in ("hard", "easy")}
+        row["ordered"] = bool(row["hard"] < report["neutral"] < row["easy"])
         report["alphas"][f"alpha_{a:g}"] = row
     return report
 

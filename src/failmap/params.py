@@ -153,6 +153,7 @@ class Decoder:
     num_inference_steps: int = _p(15, ge=1)
     guidance_scale: float = _p(5.0, ge=0)
     batch_size: int = _p(64, ge=1)
+    mixed_precision: bool = True
     device: Device = "auto"
     train: DecoderTrain = _section(DecoderTrain)
 
@@ -174,8 +175,10 @@ class Caption:
 
 @dataclass(frozen=True)
 class Generate:
-    n_per_class: int = _p(100, ge=1)
-    alpha: float = _p(0.3, gt=0, le=1)
+    n_per_class: int = _p(150, ge=1)
+    alpha: float = _p(0.5, gt=0, le=1)
+    n_captions: int = _p(1, ge=1)
+    caption_weight: float = _p(0.6, gt=0, le=1)
     eval_alphas: list[float] = _p([0.1, 0.3, 0.5], gt=0, le=1, min_len=1, unique=True)
     n_eval_per_class: int = _p(16, ge=1)
 
@@ -374,6 +377,13 @@ def _check_cross_fields(p: Params) -> None:
                 raise _fail(f"world.planted_values[{i}]", value,
                             f"one of {vocab_key} ({' | '.join(vocab)}) since world.planted_attribute "
                             f"is {w.planted_attribute}")
+    if p.generate.n_captions > p.caption.top_k:
+        raise _fail("generate.n_captions", p.generate.n_captions,
+                    f"<= caption.top_k ({p.caption.top_k}): only that many hard captions are kept")
+    if p.generate.caption_weight < 1 and p.decoder.source == "unclip":
+        raise _fail("generate.caption_weight", p.generate.caption_weight,
+                    "1 with decoder.source unclip: its caption images come from the words (text-to-image), "
+                    "which cannot be blended with an image embedding")
     template = p.caption.template
     allowed = ", ".join("{" + s + "}" for s in CAPTION_SLOTS)
     try:
