@@ -106,12 +106,13 @@ def main() -> None:
             contexts={c: CONTEXT_PHRASE[c] for c in world["contexts"]}, classifier=classifier,
             n_per_class=args.n_per_class, guidance_scale=guidance,
             num_inference_steps=n_steps, batch_size=dec["batch_size"], seed=params["seed"],
-            show_progress=False)
+            mixed_precision=dec["mixed_precision"], show_progress=False)
         if classifier is not None:
             from failmap.train import predict_proba
             recon = decoder.decode_images(image_embeds[recon_idx], guidance_scale=guidance,
                                           num_inference_steps=n_steps, batch_size=dec["batch_size"],
-                                          seed=params["seed"], show_progress=False)
+                                          seed=params["seed"], mixed_precision=dec["mixed_precision"],
+                                          show_progress=False)
             pred = predict_proba(classifier, recon, "cpu").argmax(1)
             report["image_embedding_recon"] = dict(
                 classifier_accuracy=float((pred == corpus.labels[recon_idx]).mean()), n=len(recon_idx))

@@ -35,18 +35,12 @@ sys.path.insert(0, str(REPO / "src"))
 
 from failmap.captions import fill_caption, reference_caption  # noqa: E402
 from failmap.data import load_ground_truth, load_meta, load_split, subpop_mask  # noqa: E402
-from failmap.decoder import load_decoder, sampling_settings  # noqa: E402
-from failmap.embedder import load_embedder  # noqa: E402
-from failmap.embeddings import load_embeddings  # noqa: E402
+from failmap.decoder import sampling_settings  # noqa: E402
 from failmap.finetune import FrozenFeatures, finetune_arm, predict_labels  # noqa: E402
-from failmap.generate import (accuracy_on_generated, class_reference_embeddings, generate_caption,  # noqa: E402
-                              generate_direction, generate_generic)
-from failmap.io import read_json  # noqa: E402
+from failmap.generate import (accuracy_on_generated, generate_caption, generate_direction,  # noqa: E402
+                              generate_generic, load_generation_inputs)
 from failmap.params import load_params  # noqa: E402
-from failmap.predictions import load_predictions  # noqa: E402
-from failmap.stage import (BASELINE_MODEL, BASELINE_PREDICTIONS, CLIP_DIR, DECODER_DIR, EMBEDDINGS,  # noqa: E402
-                           METRICS, PREPARED, SVM_DIR)
-from failmap.svm import load_svms  # noqa: E402
+from failmap.stage import BASELINE_MODEL, PREPARED  # noqa: E402
 
 
 def planted_value_share(embedder, images, labels, classes, meta, template) -> float:
@@ -84,18 +78,12 @@ def main(argv: list[str]) -> int:
     evals = {name: load_split(PREPARED, name) for name in ("val", "test")}
     gt = {name: subpop_mask(truth, s.ids) for name, s in evals.items()}
 
-    c, d, f = p.clip, p.decoder, p.finetune
-    embedder = load_embedder(c.source, c.arch, c.pretrained, CLIP_DIR, c.device, c.batch_size)
-    decoder = load_decoder(d.source, DECODER_DIR if d.source == "world" else d.model, d.text_model, d.device,
-                           image_size=meta["image_size"])
-    _, svms, _ = load_svms(f"{SVM_DIR}/svms.npz")
-    top = read_json(f"{METRICS}/captions.json")["top"]
-    hard_captions = {k: [t["caption"] for t in top[name]["hard"]] for k, name in enumerate(classes) if name in top}
-    train_pred = load_predictions(f"{BASELINE_PREDICTIONS}/train.csv")
-    references = class_reference_embeddings(load_embeddings(EMBEDDINGS, "train", train_pred["id"]),
-                                            train_pred["label"], len(classes))
+    f = p.finetune
+    inputs = load_generation_inputs(p, meta)
+    embedder, decoder, svms, references = inputs.embedder, inputs.decoder, inputs.svms, inputs.references
+    hard_captions = inputs.hard_captions
     features = FrozenFeatures(BASELINE_MODEL, "cpu")
-    decode = sampling_settings(d)
+    decode = sampling_settings(p.decoder)
     n_max = max(args.n)
 
     sets = {}

@@ -1,48 +1,33 @@
 """Stage generate: decode synthetic images per class for the training arms
 (generic, caption, direction) and the hard / neutral / easy evaluation sets,
 and check that the baseline does worst on the hard ones (METHOD.md step 5)."""
-import numpy as np
-
 from failmap.captions import reference_caption
 from failmap.data import load_meta
-from failmap.decoder import check_compatible, load_decoder, sampling_settings
+from failmap.decoder import sampling_settings
 from failmap.device import resolve_device
-from failmap.embedder import load_embedder
-from failmap.embeddings import load_embeddings
-from failmap.generate import (accuracy_on_generated, class_reference_embeddings, decoded_decision_report,
-                              generate_caption, generate_direction, generate_eval, generate_generic,
-                              hard_neutral_easy_report, save_generated, save_grid, write_manifest)
-from failmap.io import read_json, write_json
+from failmap.generate import (accuracy_on_generated, decoded_decision_report, generate_caption, generate_direction,
+                              generate_eval, generate_generic, hard_neutral_easy_report, load_generation_inputs,
+                              save_generated, save_grid, write_manifest)
+from failmap.io import write_json
 from failmap.models import load_classifier
-from failmap.predictions import load_predictions
-from failmap.stage import (BASELINE_MODEL, BASELINE_PREDICTIONS, CLIP_DIR, DECODER_DIR, EMBEDDINGS, GENERATED,
-                           METRICS, PLOTS, PREPARED, SVM_DIR, run_stage)
-from failmap.svm import load_svms
+from failmap.stage import BASELINE_MODEL, GENERATED, METRICS, PLOTS, PREPARED, run_stage
 
 
 def main():
     with run_stage("generate") as (p, run):
-        c, d, g = p.clip, p.decoder, p.generate
+        g = p.generate
         meta = load_meta(PREPARED)
         classes = meta["classes"]
-        embedder = load_embedder(c.source, c.arch, c.pretrained, CLIP_DIR, c.device, c.batch_size)
-        decoder = load_decoder(d.source, DECODER_DIR if d.source == "world" else d.model, d.text_model,
-                               d.device, image_size=meta["image_size"])
-        check_compatible(embedder.space, embedder.dim, decoder)  # before any decoding
-        _, svms, _ = load_svms(f"{SVM_DIR}/svms.npz")
-        top = read_json(f"{METRICS}/captions.json")["top"]
-        hard_captions = {k: [t["caption"] for t in top[name]["hard"]] for k, name in enumerate(classes) if name in top}
-        train_pred = load_predictions(f"{BASELINE_PREDICTIONS}/train.csv")
-        references = class_reference_embeddings(load_embeddings(EMBEDDINGS, "train", train_pred["id"]),
-                                                train_pred["label"], len(classes))
-        decode = sampling_settings(d)
+        inputs = load_generation_inputs(p, meta)
+        decoder, embedder, svms, references = inputs.decoder, inputs.embedder, inputs.svms, inputs.references
+        decode = sampling_settings(p.decoder)
         n, seed = g.n_per_class, p.seed
         sets = []
         if "generic" in p.finetune.arms:
             refs = [reference_caption(p.caption.template, name) for name in classes]
             sets.append(generate_generic(decoder, embedder.embed_texts, classes, refs, n, seed, **decode))
         if "caption" in p.finetune.arms:
-            sets.append(generate_caption(decoder, embedder.embed_texts, classes, hard_captions, svms, n, seed,
+            sets.append(generate_caption(decoder, embedder.embed_texts, classes, inputs.hard_captions, svms, n, seed,
                                          n_captions=g.n_captions, references=references, weight=g.caption_weight,
                                          **decode))
         if "direction" in p.finetune.arms:

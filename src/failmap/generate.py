@@ -350,6 +350,45 @@ def generate_eval(decoder, class_names: Sequence[str], references: np.ndarray, s
     return out.build()
 
 
+# ------------------------------------------------------------ pipeline inputs
+
+@dataclass
+class GenerationInputs:
+    """What decoding needs from the earlier stages' outputs."""
+    embedder: object
+    decoder: object
+    svms: dict
+    hard_captions: dict[int, list[str]]
+    references: np.ndarray  # (n_classes, D) class reference embeddings (train split)
+
+
+def load_generation_inputs(p, meta: dict) -> GenerationInputs:
+    """The embedder and decoder the params name (checked to share one space),
+    the SVMs, each class's hard captions (hardest first) and the class
+    reference embeddings, from the pipeline's output folders."""
+    from failmap.decoder import check_compatible, load_decoder
+    from failmap.embedder import load_embedder
+    from failmap.embeddings import load_embeddings
+    from failmap.io import read_json
+    from failmap.predictions import load_predictions
+    from failmap.stage import BASELINE_PREDICTIONS, CLIP_DIR, DECODER_DIR, EMBEDDINGS, METRICS, SVM_DIR
+    from failmap.svm import load_svms
+
+    c, d = p.clip, p.decoder
+    classes = meta["classes"]
+    embedder = load_embedder(c.source, c.arch, c.pretrained, CLIP_DIR, c.device, c.batch_size)
+    decoder = load_decoder(d.source, DECODER_DIR if d.source == "world" else d.model, d.text_model,
+                           d.device, image_size=meta["image_size"])
+    check_compatible(embedder.space, embedder.dim, decoder)  # before any decoding
+    _, svms, _ = load_svms(f"{SVM_DIR}/svms.npz")
+    top = read_json(f"{METRICS}/captions.json")["top"]
+    hard_captions = {k: [t["caption"] for t in top[name]["hard"]] for k, name in enumerate(classes) if name in top}
+    train_pred = load_predictions(f"{BASELINE_PREDICTIONS}/train.csv")
+    references = class_reference_embeddings(load_embeddings(EMBEDDINGS, "train", train_pred["id"]),
+                                            train_pred["label"], len(classes))
+    return GenerationInputs(embedder, decoder, svms, hard_captions, references)
+
+
 # ------------------------------------------------------------ baseline check
 
 def accuracy_on_generated(model, images: np.ndarray, labels: np.ndarray, device: str,
