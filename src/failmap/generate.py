@@ -263,7 +263,7 @@ def generate_caption(decoder, embed_texts: EmbedTexts, class_names: Sequence[str
     with ``references`` as for ``generate_direction``: the caption's
     attributes on an anchor inside the class's image cone, where the decoder
     draws best (a bridged caption alone lands beside it; measured in
-    benchmarks/decoder_experiments.md)."""
+    benchmarks/intervention_experiments.md)."""
     n = _check_count(n_per_class, "n_per_class")
     if n_captions is not None:
         n_captions = _check_count(n_captions, "n_captions")
