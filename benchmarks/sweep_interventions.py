@@ -33,10 +33,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from failmap.captions import fill_caption, reference_caption  # noqa: E402
+from failmap.captions import reference_caption  # noqa: E402
+from failmap.clip_train import Attribute, zero_shot_report  # noqa: E402
 from failmap.data import load_ground_truth, load_meta, load_split, subpop_mask  # noqa: E402
 from failmap.decoder import sampling_settings  # noqa: E402
-from failmap.finetune import FrozenFeatures, finetune_arm, predict_labels  # noqa: E402
+from failmap.finetune import FrozenFeatures, evaluate_predictions, finetune_arm, predict_labels  # noqa: E402
 from failmap.generate import (accuracy_on_generated, generate_caption, generate_direction,  # noqa: E402
                               generate_generic, load_generation_inputs)
 from failmap.params import load_params  # noqa: E402
@@ -45,16 +46,13 @@ from failmap.stage import BASELINE_MODEL, PREPARED  # noqa: E402
 
 def planted_value_share(embedder, images, labels, classes, meta, template) -> float:
     """Share of images whose CLIP zero-shot value of the planted attribute (context or colour; prompts
-    averaged over class nouns) is their class's planted one."""
+    averaged over class nouns, as ``zero_shot_report`` does) is their class's planted one."""
     attribute = meta["planted"][classes[0]]["attribute"]
     slot, vocab = ("context", "contexts") if attribute == "context" else ("adjective", "adjectives")
-    phrases = meta["vocab"][vocab]
-    prompts = np.stack([embedder.embed_texts([fill_caption(template, c, **{slot: x}) for c in classes]).mean(0)
-                        for x in phrases])
-    prompts /= np.linalg.norm(prompts, axis=1, keepdims=True)
-    predicted = np.asarray(phrases)[(embedder.embed_images(images) @ prompts.T).argmax(1)]
-    planted = np.array([meta["planted"][classes[k]]["phrase"] for k in labels])
-    return float((predicted == planted).mean())
+    planted = Attribute(values=np.array([meta["planted"][classes[k]]["phrase"] for k in labels]),
+                        phrases={x: x for x in meta["vocab"][vocab]}, slot=slot)
+    report = zero_shot_report(embedder, images, labels, classes, {"planted": planted}, template=template)
+    return report["planted_accuracy"]
 
 
 def main(argv: list[str]) -> int:
@@ -119,9 +117,10 @@ def main(argv: list[str]) -> int:
                                  weight_decay=f.weight_decay, seed=seed, device="cpu", features=features)
             row = []
             for name, s in evals.items():
-                correct = predict_labels(model, s.images, "cpu", features) == s.labels
-                hard = np.mean([correct[(s.labels == k) & gt[name]].mean() for k in range(len(classes))])
-                row += [hard, correct.mean()]
+                no_svm_mask = np.zeros(len(s.labels), bool)  # the SVM-defined hard / easy sets are not needed here
+                r = evaluate_predictions(predict_labels(model, s.images, "cpu", features), s.labels, classes,
+                                         gt[name], no_svm_mask, no_svm_mask)
+                row += [r["hard_acc_gt"], r["test_acc"]]
             rows.append(row)
         return np.mean(rows, 0) * 100
 
