@@ -3,7 +3,6 @@ activations) and ``fc`` (the last layer), so fine-tuning can train only ``fc``."
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 from failmap.io import save_torch
@@ -42,6 +41,8 @@ class CifarResNet18(nn.Module):
 
     def __init__(self, n_classes: int):
         super().__init__()
+        import torchvision  # here, not at module level: importing it costs seconds in every stage
+
         net = torchvision.models.resnet18(weights=None, num_classes=n_classes)
         net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()

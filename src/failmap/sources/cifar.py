@@ -20,7 +20,6 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import torchvision
 
 from failmap.data import Prepared, Split
 from failmap.sources.vocab import default_vocab
@@ -96,6 +95,8 @@ def prepare_cifar10(root: str | Path, download: bool, n_val: int, n_pool: int, s
     """CIFAR-10: train/val/pool carved from the official train set, test = official test set."""
     root = Path(root)
     carve_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+    import torchvision  # here, not at module level: importing it costs seconds in every stage
+
     train = _verified_dataset(torchvision.datasets.CIFAR10, root, True, download, *CIFAR10_NAMES)
     test = _verified_dataset(torchvision.datasets.CIFAR10, root, False, download, *CIFAR10_NAMES)
     train_labels = np.asarray(train.targets, dtype=np.int64)
@@ -152,6 +153,8 @@ def prepare_cifar100_superclass(root: str | Path, download: bool, n_val: int, n_
                          f"got {minority_keep!r}")
     root = Path(root)
     carve_rng, minority_rng, keep_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    import torchvision
+
     cls = torchvision.datasets.CIFAR100
     train = _verified_dataset(cls, root, True, download, *CIFAR100_NAMES)
     test = _verified_dataset(cls, root, False, download, *CIFAR100_NAMES)
