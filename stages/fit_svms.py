@@ -22,7 +22,7 @@ def main():
         X = {s: load_embeddings(EMBEDDINGS, s, pred[s]["id"]) for s in pred}
         val, test = pred["val"], pred["test"]
         pre, svms = fit_all(X["val"], val["label"], val["correct"], X["train"], classes,
-                            p.svm.c_grid, p.svm.folds, p.seed, p.svm.max_iter)
+                            p.svm.c_grid, p.svm.folds, p.seed, p.svm.max_iter, p.svm.min_errors)
         save_svms(f"{SVM_DIR}/svms.npz", f"{SVM_DIR}/svms.json", pre, svms, classes)
         decisions = {s: decision_values(svms, X[s], pred[s]["label"]) for s in ("test", "pool") if s in pred}
         with atomic_path(f"{SVM_DIR}/decisions.npz") as tmp:

@@ -142,6 +142,25 @@ def test_class_without_enough_errors_is_skipped(world):
     assert isinstance(all_wrong, Skip) and "0 correct" in all_wrong.reason
 
 
+def test_class_with_fewer_errors_than_min_errors_is_skipped(world):
+    pre = Preprocessor.fit(world["X_train"])
+    X = world["val"][0][:60]
+    five_errors = np.ones(60, bool)
+    five_errors[[1, 9, 17, 33, 50]] = False
+    gated = fit_class_svm(X, five_errors, pre, GRID, 2, 0, 1000, min_errors=6)
+    assert isinstance(gated, Skip) and gated.n_errors == 5
+    assert "only 5 wrong" in gated.reason and "svm.min_errors=6" in gated.reason
+    # at the threshold the class is fitted: the gate counts errors, nothing else
+    assert isinstance(fit_class_svm(X, five_errors, pre, GRID, 2, 0, 1000, min_errors=5), ClassSVM)
+    with pytest.raises(ValueError, match="min_errors must be a positive integer"):
+        fit_class_svm(X, five_errors, pre, GRID, 2, 0, 1000, min_errors=0)
+    X3, labels, correct = _three_class_problem(world)
+    errors_per_class = [int((~correct[labels == k]).sum()) for k in range(2)]
+    _, results = fit_all(X3, labels, correct, world["X_train"], ["a", "b", "c"], GRID, 2, 0, 5000,
+                         min_errors=min(errors_per_class) + 1, progress=False)
+    fitted = [isinstance(results[k], ClassSVM) for k in range(2)]
+    assert fitted == [n > min(errors_per_class) for n in errors_per_class]
+
 def test_bad_arguments_raise(world):
     pre = Preprocessor.fit(world["X_train"])
     X, correct, _ = world["val"]

@@ -163,6 +163,7 @@ class Svm:
     c_grid: list[float] = _p([1.0e-6, 1.0e-5, 1.0e-4, 1.0e-3, 1.0e-2, 1.0e-1, 1.0], gt=0, min_len=1, unique=True)
     folds: int = _p(2, ge=2)
     max_iter: int = _p(10000, ge=1)
+    min_errors: int = _p(10, ge=1)
 
 
 @dataclass(frozen=True)

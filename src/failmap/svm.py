@@ -172,15 +172,20 @@ def _validate_grid(c_grid: Sequence[float], folds: int, max_iter: int) -> list[f
 
 
 def fit_class_svm(X_val_raw, correct_val, preprocessor: Preprocessor, c_grid: Sequence[float],
-                  folds: int, seed: int, max_iter: int) -> ClassSVM | Skip:
+                  folds: int, seed: int, max_iter: int, min_errors: int = 1) -> ClassSVM | Skip:
     """Fit one class's SVM on its val images: C by stratified k-fold CV scored
     by balanced accuracy, then a refit on all of them.
 
     Returns a ``Skip`` (not an exception) when the class has fewer wrong or
-    fewer correct predictions than ``folds``: stratified CV needs at least one
-    of each in every fold.
+    fewer correct predictions than ``folds`` (stratified CV needs at least one
+    of each in every fold), or fewer wrong ones than ``min_errors``: a class
+    the model hardly gets wrong has no failure mode to find, and a direction
+    fitted to a handful of errors is noise that the later stages would decode,
+    caption and select pool images by as if it were one.
     """
     grid = _validate_grid(c_grid, folds, max_iter)
+    if int(min_errors) != min_errors or min_errors < 1:
+        raise ValueError(f"min_errors must be a positive integer, got {min_errors}")
     X = _as_matrix(X_val_raw, "X_val_raw", preprocessor.dim)
     correct = np.asarray(correct_val)
     if correct.shape != (len(X),):
@@ -192,6 +197,10 @@ def fit_class_svm(X_val_raw, correct_val, preprocessor: Preprocessor, c_grid: Se
     if n_errors < folds or n_correct < folds:
         return Skip(reason=(f"{n_errors} wrong and {n_correct} correct predictions among {len(y)} val images; "
                             f"{folds}-fold CV needs at least {folds} of each"),
+                    n_val=len(y), n_errors=n_errors)
+    if n_errors < min_errors:
+        return Skip(reason=(f"only {n_errors} wrong predictions among {len(y)} val images, fewer than "
+                            f"svm.min_errors={min_errors}: too few to fit a failure direction"),
                     n_val=len(y), n_errors=n_errors)
 
     Z = preprocessor.transform(X)
@@ -227,7 +236,7 @@ def fit_class_svm(X_val_raw, correct_val, preprocessor: Preprocessor, c_grid: Se
 
 
 def fit_all(X_val, labels_val, correct_val, X_train, class_names: Sequence[str],
-            c_grid: Sequence[float], folds: int, seed: int, max_iter: int,
+            c_grid: Sequence[float], folds: int, seed: int, max_iter: int, min_errors: int = 1,
             progress: bool = True) -> tuple[Preprocessor, dict[int, ClassSVM | Skip]]:
     """Fit the train-split preprocessor and one SVM per class on the val split.
 
@@ -255,7 +264,8 @@ def fit_all(X_val, labels_val, correct_val, X_train, class_names: Sequence[str],
         if not mask.any():
             results[k] = Skip(reason="no val images of this class", n_val=0, n_errors=0)
             continue
-        results[k] = fit_class_svm(X_val[mask], correct[mask], preprocessor, c_grid, folds, seed + k, max_iter)
+        results[k] = fit_class_svm(X_val[mask], correct[mask], preprocessor, c_grid, folds, seed + k, max_iter,
+                                   min_errors)
     return preprocessor, results
 
 
