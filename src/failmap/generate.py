@@ -54,9 +54,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from failmap.data import Split, save_split
-from failmap.decoder import slerp
-from failmap.io import atomic_path
-from failmap.svm import ClassSVM, Skip
+from failmap.decoder import check_compatible, load_decoder, slerp
+from failmap.io import atomic_path, read_json
+from failmap.svm import ClassSVM, Skip, decision_values, load_svms
 
 TRAIN_ARMS = ("generic", "caption", "direction")
 EVAL_SET = "eval"
@@ -366,13 +366,10 @@ def load_generation_inputs(p, meta: dict) -> GenerationInputs:
     """The embedder and decoder the params name (checked to share one space),
     the SVMs, each class's hard captions (hardest first) and the class
     reference embeddings, from the pipeline's output folders."""
-    from failmap.decoder import check_compatible, load_decoder
-    from failmap.embedder import load_embedder
+    from failmap.embedder import load_embedder  # open_clip: seconds to import, only for this
     from failmap.embeddings import load_embeddings
-    from failmap.io import read_json
     from failmap.predictions import load_predictions
     from failmap.stage import BASELINE_PREDICTIONS, CLIP_DIR, DECODER_DIR, EMBEDDINGS, METRICS, SVM_DIR
-    from failmap.svm import load_svms
 
     c, d = p.clip, p.decoder
     classes = meta["classes"]
@@ -443,8 +440,6 @@ def decoded_decision_report(embed_images: Callable[[np.ndarray], np.ndarray],
     classifier's accuracy this needs no recognisable object, so it tells a
     decoder that ignores its condition from one whose images the classifier
     cannot read. Classes without an SVM have no evaluation images."""
-    from failmap.svm import decision_values
-
     if not len(eval_set):
         return {"neutral": None, "alphas": {}}
     decision = decision_values(dict(svms), embed_images(eval_set.images), eval_set.labels)
