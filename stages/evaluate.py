@@ -30,6 +30,13 @@ def main():
                                               gt, hard, easy)
                 results.append({**scores, "arm": r["arm"], "seed": r["seed"], "n_extra": r["n_extra"]})
         summary = aggregate(results)
+        # the generator check of the generate stage travels with the figures it qualifies
+        check = read_json(f"{METRICS}/generated.json")["generator_check"]
+        summary["synthetic_trusted"] = check["trusted"]
+        if not check["trusted"]:
+            print("WARNING evaluate: the generic / caption / direction arms trained on images the generator check "
+                  f"failed (CLIP recognised {check['neutral_clip_class_accuracy']:.0%} of the neutral images, "
+                  f"threshold {check['threshold']:.0%}): their figures are untrusted", flush=True)
         write_json(f"{METRICS}/evaluate.json", summary)
         Path(f"{PLOTS}/evaluate/bars").mkdir(parents=True, exist_ok=True)
         for metric in ARM_METRICS:  # every declared plot file is written, empty without data
@@ -40,6 +47,7 @@ def main():
                          f"{PLOTS}/evaluate/bars/{metric}.png", title=f"{metric} by arm (mean ± std over seeds)",
                          ylabel=metric)
         run.log_metrics(summary)
+        run.set_tags({"failmap.synthetic_trusted": check["trusted"]})
         run.log_artifact(f"{PLOTS}/evaluate", "evaluate")
 
 

@@ -1,13 +1,22 @@
 """Stage generate: decode synthetic images per class for the training arms
 (generic, caption, direction) and the hard / neutral / easy evaluation sets,
-and check that the baseline does worst on the hard ones (METHOD.md step 5)."""
+and check that the baseline does worst on the hard ones (METHOD.md step 5).
+
+Before anything is saved, the generator check: CLIP must recognise the class
+of the neutral evaluation images at least ``generate.min_class_recognition``
+of the time, or the synthetic arms are marked untrusted (stderr, metrics,
+MLflow tag ``failmap.synthetic_trusted``). ``generate.filter`` drops the
+training-arm images CLIP puts in another class."""
+import sys
+
 from failmap.captions import reference_caption
 from failmap.data import load_meta
 from failmap.decoder import sampling_settings
 from failmap.device import resolve_device
-from failmap.generate import (accuracy_on_generated, decoded_decision_report, generate_caption, generate_direction,
-                              generate_eval, generate_generic, hard_neutral_easy_report, load_generation_inputs,
-                              save_generated, save_grid, write_manifest)
+from failmap.generate import (accuracy_on_generated, clip_class_predictions, decoded_decision_report,
+                              generate_caption, generate_direction, generate_eval, generate_generic, generator_check,
+                              hard_neutral_easy_report, keep_on_class, load_generation_inputs, save_generated,
+                              save_grid, write_manifest)
 from failmap.io import write_json
 from failmap.models import load_classifier
 from failmap.stage import BASELINE_MODEL, GENERATED, METRICS, PLOTS, PREPARED, run_stage
@@ -23,8 +32,8 @@ def main():
         decode = sampling_settings(p.decoder)
         n, seed = g.n_per_class, p.seed
         sets = []
+        refs = [reference_caption(p.caption.template, name) for name in classes]
         if "generic" in p.finetune.arms:
-            refs = [reference_caption(p.caption.template, name) for name in classes]
             sets.append(generate_generic(decoder, embedder.embed_texts, classes, refs, n, seed, **decode))
         if "caption" in p.finetune.arms:
             sets.append(generate_caption(decoder, embedder.embed_texts, classes, inputs.hard_captions, svms, n, seed,
@@ -33,6 +42,20 @@ def main():
         if "direction" in p.finetune.arms:
             sets.append(generate_direction(decoder, classes, references, svms, g.alpha, n, seed, **decode))
         eval_set = generate_eval(decoder, classes, references, svms, g.eval_alphas, g.n_eval_per_class, seed, **decode)
+
+        def clip_class(images):
+            return clip_class_predictions(embedder.embed_images, embedder.embed_texts, refs, images)
+        check = generator_check(clip_class(eval_set.images), eval_set, classes, g.min_class_recognition)
+        if not check["trusted"]:
+            print(f"WARNING generate: the decoder's images are not of their class. CLIP recognises the class of "
+                  f"{check['neutral_clip_class_accuracy']:.0%} of the neutral evaluation images, below "
+                  f"generate.min_class_recognition {g.min_class_recognition:.0%} (per class: "
+                  f"{ {c: round(v, 2) for c, v in check['per_class'].items()} }). The synthetic arms "
+                  f"(generic, caption, direction) are marked untrusted; generate.filter: true drops off-class "
+                  f"images.", file=sys.stderr, flush=True)
+        decoded = {s.name: int(len(s)) for s in sets}
+        if g.filter:
+            sets = [keep_on_class(s, clip_class(s.images)) for s in sets]
         sets.append(eval_set)
         for generated in sets:
             save_generated(GENERATED, generated)
@@ -45,9 +68,12 @@ def main():
                    "eval_svm_decision": decoded_decision_report(embedder.embed_images, svms, eval_set),
                    "train_arms": {s.name: accuracy_on_generated(model, s.images, s.labels, device, classes)
                                   for s in sets if s is not eval_set},
-                   "n_images": {s.name: int(len(s)) for s in sets}}
+                   "n_images": {s.name: int(len(s)) for s in sets}, "generator_check": check,
+                   "filter": {"enabled": g.filter, "decoded": decoded,
+                              "kept": {s.name: int(len(s)) for s in sets if s is not eval_set}}}
         write_json(f"{METRICS}/generated.json", metrics)
         run.log_metrics(metrics)
+        run.set_tags({"failmap.synthetic_trusted": check["trusted"]})
         run.log_artifact(f"{PLOTS}/generate", "generate")
 
 

@@ -1,7 +1,11 @@
-"""Stage pretrain_decoder: train the world's own embedding-conditioned
-diffusion decoder on the corpus's CLIP image embeddings (decoder.source:
-world), then check it draws what captions say. With decoder.source: unclip
-there is nothing to train: it records that (generate loads the pretrained one)."""
+"""Stage pretrain_decoder: put the world decoder the params ask for in
+models/decoder, then check it draws what captions say of this task's classes.
+
+- decoder.source world: the shipped foundation decoder
+  (models/pretrained/world-decoder), checked against its model card; nothing
+  is trained.
+- decoder.source corpus: train one on the corpus's CLIP image embeddings.
+- decoder.source unclip: nothing to do here (generate loads the pretrained one)."""
 from dataclasses import asdict
 
 from failmap.data import load_meta, load_split
@@ -10,6 +14,7 @@ from failmap.decoder_eval import decoder_report
 from failmap.decoder_train import train_decoder
 from failmap.device import resolve_device
 from failmap.embedder import load_embedder
+from failmap.foundation import DECODER_NAME, install_shipped
 from failmap.io import write_json
 from failmap.models import load_classifier
 from failmap.plots import image_grid
@@ -22,22 +27,30 @@ def main():
     with run_stage("pretrain_decoder") as (p, run):
         c, d = p.clip, p.decoder
         meta = load_meta(PREPARED)
-        if d.source != "world":
+        if d.source == "unclip":
             write_json(f"{DECODER_DIR}/external.json", {"source": d.source, "model": d.model,
                                                        "text_model": d.text_model})
             write_json(f"{METRICS}/decoder.json", {"source": d.source, "trained": False})
             return
-        if "corpus" not in meta["splits"]:
-            raise SystemExit(f"decoder.source: world needs a captioned corpus split, but data.source "
-                             f"'{p.data.source}' has none — or set decoder.source: unclip")
         embedder = load_embedder(c.source, c.arch, c.pretrained, CLIP_DIR, c.device, c.batch_size)
-        corpus = load_split(PREPARED, "corpus")
-        image_embeds = embedder.embed_images(corpus.images)
-        text_embeds = embedder.embed_texts_per_row(corpus.captions)
-        train_metrics = train_decoder(corpus.images, image_embeds, text_embeds, DECODER_DIR, space=embedder.space,
-                                      seed=p.seed, device=d.device, **asdict(d.train))
+        if d.source == "world":
+            card = install_shipped(DECODER_NAME, DECODER_DIR)
+            metrics = {"source": "world", "trained": False, "steps_done": card["training"]["steps_done"],
+                       "foundation_heldout": card["quality_heldout"]}
+        else:
+            if "corpus" not in meta["splits"]:
+                raise SystemExit(f"decoder.source: corpus needs a captioned corpus split, but data.source "
+                                 f"'{p.data.source}' has none — or set decoder.source: unclip")
+            corpus = load_split(PREPARED, "corpus")
+            image_embeds = embedder.embed_images(corpus.images)
+            text_embeds = embedder.embed_texts_per_row(corpus.captions)
+            train_metrics = train_decoder(corpus.images, image_embeds, text_embeds, DECODER_DIR,
+                                          space=embedder.space, seed=p.seed, device=d.device, **asdict(d.train))
+            metrics = {"source": "corpus", "trained": True, "final_loss": train_metrics["final_loss"],
+                       "final_loss_vs_zero_prediction": train_metrics["final_loss_vs_zero_prediction"],
+                       "n_parameters": train_metrics["n_parameters"]}
 
-        decoder = load_decoder("world", DECODER_DIR, device=d.device)
+        decoder = load_decoder(d.source, DECODER_DIR, device=d.device)
         check_compatible(embedder.space, embedder.dim, decoder)
         device = resolve_device(p.baseline.device)
         classifier, _ = load_classifier(BASELINE_MODEL, device)
@@ -51,9 +64,7 @@ def main():
         if "context" in images:
             image_grid(images["context"], f"{PLOTS}/decoder/context_prompts.png", ncol=2 * len(meta["classes"]),
                        title="decoded from 'a photo of a {class} {context}', one row per context")
-        metrics = {"source": "world", "trained": True, "final_loss": train_metrics["final_loss"],
-                   "final_loss_vs_zero_prediction": train_metrics["final_loss_vs_zero_prediction"],
-                   "n_parameters": train_metrics["n_parameters"], "quality": report}
+        metrics["quality"] = report
         write_json(f"{METRICS}/decoder.json", metrics)
         run.log_metrics(metrics)
         run.log_artifact(f"{PLOTS}/decoder", "decoder")

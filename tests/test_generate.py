@@ -11,9 +11,10 @@ from PIL import Image
 
 from failmap.data import load_split
 from failmap.decoder import normalize, slerp
-from failmap.generate import (class_reference_embeddings, decoded_decision_report, derive_seed, generate_caption, generate_direction,
-                              generate_eval, generate_generic, hard_neutral_easy_report, read_manifest,
-                              sample_reference_embeddings, save_generated, save_grid, write_manifest)
+from failmap.generate import (class_reference_embeddings, clip_class_predictions, decoded_decision_report, derive_seed,
+                              generate_caption, generate_direction, generate_eval, generate_generic, generator_check,
+                              hard_neutral_easy_report, keep_on_class, read_manifest, sample_reference_embeddings,
+                              save_generated, save_grid, write_manifest)
 from failmap.svm import ClassSVM, Preprocessor, Skip
 
 D = 4
@@ -288,3 +289,36 @@ def test_per_image_references_are_sampled_per_class_and_cycled():
     np.testing.assert_allclose(colour_of(ev.images[ev.mask(side="neutral")]),
                                np.clip(refs[0][np.arange(4) % 3][:, :3] + noise(derive_seed(0, "eval", "circle"), 4),
                                        -1, 1), atol=0.01)
+
+
+def test_generator_check_trusts_a_decoder_whose_neutral_images_are_of_their_class():
+    out = generate_eval(FakeDecoder(), CLASSES, REFS, SVMS, alphas=[0.3], n_per_class=6, base_seed=0)
+    neutral = out.mask(side="neutral")
+    right = out.labels.copy()
+    check = generator_check(right, out, CLASSES, threshold=0.5)
+    assert check["trusted"] and check["neutral_clip_class_accuracy"] == 1.0 and check["n"] == neutral.sum()
+    wrong = np.where(neutral, 1 - out.labels, out.labels)  # every neutral image read as the other class
+    check = generator_check(wrong, out, CLASSES, threshold=0.5)
+    assert not check["trusted"] and check["neutral_clip_class_accuracy"] == 0.0
+    assert check["per_class"] == {"circle": 0.0}  # square has no SVM, hence no evaluation images
+
+
+def test_keep_on_class_drops_off_class_images_and_renumbers_the_manifest():
+    dec = FakeDecoder()
+    arm = generate_generic(dec, embed_texts, CLASSES, ["a photo of a circle", "a photo of a square"], 3, 0)
+    predicted = arm.labels.copy()
+    predicted[[0, 4]] = 1 - predicted[[0, 4]]
+    kept = keep_on_class(arm, predicted)
+    assert len(kept) == len(arm) - 2 and [r["index"] for r in kept.rows] == list(range(len(kept)))
+    np.testing.assert_array_equal(kept.images, arm.images[[1, 2, 3, 5]])
+    assert [r["id"] for r in kept.rows] == [arm.rows[i]["id"] for i in (1, 2, 3, 5)]
+
+
+def test_clip_class_predictions_pick_the_nearest_class_prompt():
+    prompts = ["a photo of a circle", "a photo of a square"]
+    text = embed_texts(prompts)
+    images = np.zeros((3, 2, 2, 3), np.uint8)
+    fake_image_embeds = np.stack([text[1], text[0], text[1]])
+    got = clip_class_predictions(lambda x: fake_image_embeds, embed_texts, prompts, images)
+    np.testing.assert_array_equal(got, [1, 0, 1])
+    assert len(clip_class_predictions(lambda x: x, embed_texts, prompts, images[:0])) == 0

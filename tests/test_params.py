@@ -63,7 +63,7 @@ def test_int_accepted_where_float_expected():
 
 def test_planted_values_from_the_chosen_vocabulary_pass():
     colours = ["red", "blue", "red"]
-    params = params_from_dict({"world": {"classes": ["a", "b", "c"], "planted_attribute": "colour",
+    params = params_from_dict({"world": {"classes": ["circle", "square", "star"], "planted_attribute": "colour",
                                          "planted_values": colours}})
     assert params.world.planted_values == colours
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from failmap.captions import fill_caption
 from failmap.device import resolve_device
-from failmap.embedder import Embedder, normalise_batch, register_config, world_clip_paths
+from failmap.embedder import WORLD_CLIP_WEIGHTS, Embedder, normalise_batch, register_config, world_clip_paths
 from failmap.io import save_torch, write_json
 
 DEFAULT_TEMPLATE = "a photo of a {adjective} {noun} {context}"
@@ -153,7 +153,7 @@ def train_clip(images_uint8: np.ndarray, captions, out_dir: str | Path, *, embed
     config = clip_model_config(images_uint8.shape[1:3], embed_dim=embed_dim, width=width, layers=layers,
                                patch_size=patch_size, text_width=text_width, text_layers=text_layers,
                                context_length=context_length)
-    config_path, weights_path = world_clip_paths(out_dir)
+    config_path, weights_path = world_clip_paths(out_dir)[0], out_dir / WORLD_CLIP_WEIGHTS
     write_json(config_path, config)
     name = register_config(config_path)
 

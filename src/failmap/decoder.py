@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from tqdm.auto import tqdm
 
-SOURCES = ("world", "unclip")
+SOURCES = ("world", "corpus", "unclip")  # world: shipped; corpus: trained in the pipeline
 
 
 # ------------------------------------------------------------- sphere helpers
@@ -264,8 +264,9 @@ def sampling_settings(decoder_params) -> dict:
     d = decoder_params
     settings = dict(guidance_scale=d.guidance_scale, num_inference_steps=d.num_inference_steps,
                     batch_size=d.batch_size)
-    if d.source == "world":
-        settings["mixed_precision"] = d.mixed_precision
+    if d.source != "unclip":
+        from failmap.device import resolve_device, resolve_mixed_precision
+        settings["mixed_precision"] = resolve_mixed_precision(d.mixed_precision, resolve_device(d.device))
     return settings
 
 
@@ -306,14 +307,14 @@ def load_decoder(source: str, model_dir_or_id: str | Path, text_model: str | Pat
     """
     from failmap.device import resolve_device
     dev = resolve_device(device)
-    if source == "world":
+    if source in ("world", "corpus"):
         if bridge is not None:
             raise ValueError("the world decoder carries the bridge it was trained with; do not pass bridge=")
         folder = Path(model_dir_or_id)
         if not (folder / "model_index.json").is_file():
             raise FileNotFoundError(f"no saved world decoder in {folder} (model_index.json missing): "
                                     f"run the pretrain_decoder stage first")
-        pipe = EmbeddingDecoderPipeline.from_pretrained(folder).to(dev)
+        pipe = EmbeddingDecoderPipeline.from_pretrained(folder, torch_dtype=torch.float32).to(dev)  # shipped: float16
         if image_size is not None and image_size != pipe.image_size:
             raise ValueError(f"the world decoder in {folder} draws {pipe.image_size}px images but "
                              f"{image_size}px were asked for; re-train it on the data's image size")

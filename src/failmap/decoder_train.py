@@ -34,10 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 
 from failmap.decoder import EmbeddingDecoderPipeline, ModalityBridge, normalize
-from failmap.device import resolve_device
+from failmap.device import resolve_device, resolve_mixed_precision
+from failmap.io import save_torch
 
 GROUP_NORM_GROUPS = 8   # channel widths down to 8 stay valid
 HEAD_DIM = 32           # attention head width
@@ -96,8 +98,9 @@ def _lr_factor(step: int, warmup: int, steps: int, floor: float = 0.1) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _min_snr_weights(alphas_cumprod: torch.Tensor, prediction_type: str, gamma: float | None):
-    """Per-timestep loss weights min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v).
+def _min_snr_weights(noise_scheduler: DDPMScheduler, prediction_type: str, gamma: float | None):
+    """Per-timestep loss weights min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v),
+    from diffusers' ``compute_snr``.
 
     Min-SNR weighting (Hang et al. 2023): the nearly clean timesteps get
     little weight. Here that matters doubly: world images carry their own
@@ -109,10 +112,12 @@ def _min_snr_weights(alphas_cumprod: torch.Tensor, prediction_type: str, gamma: 
         return lambda t: torch.ones_like(t, dtype=torch.float32)
     if gamma <= 0:
         raise ValueError(f"snr_gamma must be > 0 (or None to disable the weighting), got {gamma}")
-    snr = alphas_cumprod / (1 - alphas_cumprod)
-    clipped = snr.clamp(max=gamma)
-    table = clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1)
-    return lambda t: table[t]
+
+    def weights(t: torch.Tensor) -> torch.Tensor:
+        snr = compute_snr(noise_scheduler, t)
+        clipped = snr.clamp(max=gamma)
+        return clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1)
+    return weights
 
 
 def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embeds_for_bridge: np.ndarray,
@@ -121,9 +126,11 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
                   train_timesteps: int = 1000, seed: int = 0, device: str = "auto", patch_size: int = 2,
                   time_conditioning: bool = True, ema_decay: float = 0.999, warmup: int = 100,
                   prediction_type: str = "epsilon", beta_schedule: str = "squaredcos_cap_v2", attention_levels: int = 0,
-                  snr_gamma: float | None = 5.0, text_cond_prob: float = 0.0, mixed_precision: bool = False,
+                  snr_gamma: float | None = 5.0, text_cond_prob: float = 0.0, mixed_precision: bool | str = False,
                   cond_scale: float = 1.0, scale_shift: bool = False,
-                  log_every: int = 50, snapshot_every: int = 0, on_snapshot=None) -> dict:
+                  log_every: int = 50, snapshot_every: int = 0, on_snapshot=None,
+                  checkpoint_path: str | Path | None = None, checkpoint_every: int = 500,
+                  stop_at: int | None = None) -> dict:
     """Train the world decoder on (image, image embedding) pairs; save it to ``out_dir``.
 
     ``text_embeds_for_bridge``: caption embeddings of the same space (e.g. the
@@ -141,6 +148,13 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
     ``on_snapshot(step, pipeline)``, when given, is called every
     ``snapshot_every`` steps with a decoder holding the current averaged
     weights (to log sample grids or learning curves while training).
+    ``checkpoint_path``: every ``checkpoint_every`` steps the whole training
+    state (weights, average, optimiser, schedule, random generator, history)
+    is saved there atomically, and a run that finds one resumes from it: an
+    interrupted run loses at most ``checkpoint_every`` steps. ``stop_at``:
+    pause after that many steps (checkpoint saved, the decoder so far written,
+    ``steps_done`` says where); the learning-rate schedule stays the one of
+    ``steps``, so a later run resumes it unchanged.
     Returns metrics (final loss, wall time, parameter count, loss history).
     Same inputs and seed give the same weights (on the same device).
     """
@@ -172,6 +186,7 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
     if prediction_type not in ("epsilon", "v_prediction"):
         raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got '{prediction_type}'")
     dev = torch.device(resolve_device(device))
+    mixed_precision = resolve_mixed_precision(mixed_precision, dev.type)
     start_time = time.perf_counter()
 
     torch.manual_seed(seed)  # weight initialisation
@@ -182,8 +197,9 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
     noise_scheduler = DDPMScheduler(num_train_timesteps=train_timesteps, beta_schedule=beta_schedule,
                                     prediction_type=prediction_type, clip_sample=True)
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(dev)
-    weights_of = _min_snr_weights(alphas_cumprod, prediction_type, snr_gamma)
-    ema = [p.detach().clone() for p in unet.parameters()] if ema_decay > 0 else None
+    weights_of = _min_snr_weights(noise_scheduler, prediction_type, snr_gamma)
+    # diffusers' average: its decay warms up as min(ema_decay, (1 + k) / (10 + k)) over step k
+    ema = EMAModel(unet.parameters(), decay=ema_decay) if ema_decay > 0 else None
 
     images = torch.from_numpy(images_uint8).permute(0, 3, 1, 2).contiguous().to(dev)  # uint8, 4x less than float
     conds = torch.from_numpy(image_embeds).to(dev)
@@ -195,17 +211,40 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
     def pipeline(model: UNet2DConditionModel) -> EmbeddingDecoderPipeline:
         """A decoder with the averaged weights (the raw ones without averaging)."""
         if ema is not None:
-            with torch.no_grad():
-                for p, e in zip(model.parameters(), ema):
-                    p.copy_(e)
+            ema.copy_to(model.parameters())
         sampler = DDIMScheduler.from_config(noise_scheduler.config, steps_offset=1)
         return EmbeddingDecoderPipeline(unet=model.eval().cpu(), scheduler=sampler, space=space,
                                         patch_size=patch_size, mean_image=bridge.mean_image.tolist(),
                                         mean_text=bridge.mean_text.tolist(), cond_scale=cond_scale)
 
-    history, running = [], None
+    history, running, first, elapsed_before = [], None, 0, 0.0
     recent = collections.deque(maxlen=LAST_STEPS)       # (loss, loss of predicting zero) of the last steps
-    bar = tqdm(range(steps), desc="pretrain decoder", unit="step", mininterval=2)
+    if checkpoint_path is not None and Path(checkpoint_path).is_file():
+        state = torch.load(checkpoint_path, map_location=dev, weights_only=False)
+        if state["steps"] != steps:
+            raise ValueError(f"checkpoint {checkpoint_path} is of a {state['steps']}-step run, this one has "
+                             f"{steps} steps: delete it to start afresh")
+        unet.load_state_dict(state["unet"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        history, running, first = state["history"], state["running"], state["step"]
+        elapsed_before = state["elapsed"]
+        recent.extend(state["recent"])
+        print(f"resuming decoder training at step {first} of {steps} from {checkpoint_path}", flush=True)
+
+    def save_checkpoint(step: int) -> None:
+        save_torch(dict(step=step, steps=steps, unet=unet.state_dict(), optimizer=optimizer.state_dict(),
+                        schedule=schedule.state_dict(), generator=generator.get_state(),
+                        ema=ema.state_dict() if ema is not None else None, history=history,
+                        running=running, recent=list(recent),
+                        elapsed=elapsed_before + time.perf_counter() - start_time), checkpoint_path)
+
+    last = steps if stop_at is None else max(first, min(steps, int(stop_at)))
+    bar = tqdm(range(first, last), desc="pretrain decoder", unit="step", mininterval=2,
+               initial=first, total=steps)
     for step in bar:
         idx = torch.randint(0, n, (batch_size,), generator=generator).to(dev)
         x0 = images[idx].float().div_(127.5).sub_(1.0)
@@ -238,10 +277,7 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
         optimizer.step()
         schedule.step()
         if ema is not None:
-            # short warm-up of the decay: early on the average would be dominated by the random init
-            decay = min(ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                torch._foreach_lerp_(ema, [p.detach() for p in unet.parameters()], 1 - decay)
+            ema.step(unet.parameters())
 
         value = loss.item()
         running = value if running is None else 0.98 * running + 0.02 * value
@@ -250,9 +286,13 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
             history.append(dict(step=step, loss=round(value, 5), lr=optimizer.param_groups[0]["lr"]))
             bar.set_postfix(loss=f"{running:.4f}")
 
+        if checkpoint_path is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            save_checkpoint(step + 1)
         if on_snapshot is not None and snapshot_every > 0 and (step + 1) % snapshot_every == 0 and step + 1 < steps:
             on_snapshot(step + 1, pipeline(copy.deepcopy(unet)))
 
+    if checkpoint_path is not None:
+        save_checkpoint(last)
     pipe = pipeline(unet)
     save_pipeline(pipe, out_dir)
     last_loss, last_zero = np.mean(recent, axis=0)
@@ -264,9 +304,9 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
               f"its images will be noise.", file=sys.stderr, flush=True)
     return dict(
         final_loss=round(running, 5), final_loss_vs_zero_prediction=round(loss_vs_zero, 4),
-        steps=steps, batch_size=batch_size, n_images=n,
+        steps=steps, steps_done=last, batch_size=batch_size, n_images=n,
         n_parameters=sum(p.numel() for p in unet.parameters()), image_size=h, patch_size=patch_size,
-        embed_dim=dim, space=space, train_seconds=round(time.perf_counter() - start_time, 2),
+        embed_dim=dim, space=space, train_seconds=round(elapsed_before + time.perf_counter() - start_time, 2),
         device=str(dev), history=history,
     )
 

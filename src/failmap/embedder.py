@@ -24,9 +24,10 @@ from tqdm.auto import tqdm
 
 from failmap.device import resolve_device
 
-SOURCES = ("open_clip", "world")
+SOURCES = ("open_clip", "world", "corpus")  # world: shipped; corpus: trained in the pipeline
 WORLD_CLIP_NAME = "world-clip"          # config file stem = open_clip model name
-WORLD_CLIP_WEIGHTS = "weights.pt"
+WORLD_CLIP_WEIGHTS = "weights.pt"     # what pretrain_clip writes (float32)
+SHIPPED_CLIP_WEIGHTS = "weights.safetensors"  # what the foundation pipeline ships (float16)
 
 
 def file_sha1(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -138,15 +139,16 @@ def load_embedder(source: str, arch: str | None = None, pretrained: str | None =
 
     source 'open_clip': ``arch`` is a built-in open_clip architecture,
     ``pretrained`` a hub tag or a weights file; ``model_dir`` is unused.
-    source 'world': ``model_dir`` is the folder ``train_clip`` wrote;
-    ``arch`` and ``pretrained`` are unused.
+    source 'world' (the shipped foundation CLIP) or 'corpus' (trained by the
+    pretrain_clip stage): ``model_dir`` is a world-CLIP folder (open_clip
+    config + weights); ``arch`` and ``pretrained`` are unused.
     """
     dev = torch.device(resolve_device(device))
     if source == "open_clip":
         model, tokenizer, space, dim = _load_open_clip(arch, pretrained)
-    elif source == "world":
+    elif source in ("world", "corpus"):
         if model_dir is None:
-            raise ValueError("source 'world' needs model_dir (the folder written by the pretrain_clip stage)")
+            raise ValueError(f"source '{source}' needs model_dir (the folder written by the pretrain_clip stage)")
         model, tokenizer, space, dim = _load_world_clip(Path(model_dir))
     else:
         raise ValueError(f"unknown embedder source '{source}': expected one of {SOURCES}")
@@ -191,9 +193,11 @@ def _load_open_clip(arch: str | None, pretrained: str | None):
 
 
 def world_clip_paths(model_dir: str | Path) -> tuple[Path, Path]:
-    """(config JSON, weights file) inside a world-CLIP folder."""
+    """(config JSON, weights file) inside a world-CLIP folder: the shipped
+    safetensors file where there is one, else the trained ``weights.pt``."""
     model_dir = Path(model_dir)
-    return model_dir / f"{WORLD_CLIP_NAME}.json", model_dir / WORLD_CLIP_WEIGHTS
+    shipped = model_dir / SHIPPED_CLIP_WEIGHTS
+    return model_dir / f"{WORLD_CLIP_NAME}.json", shipped if shipped.is_file() else model_dir / WORLD_CLIP_WEIGHTS
 
 
 def register_config(config_path: Path) -> str:

@@ -374,7 +374,7 @@ def load_generation_inputs(p, meta: dict) -> GenerationInputs:
     c, d = p.clip, p.decoder
     classes = meta["classes"]
     embedder = load_embedder(c.source, c.arch, c.pretrained, CLIP_DIR, c.device, c.batch_size)
-    decoder = load_decoder(d.source, DECODER_DIR if d.source == "world" else d.model, d.text_model,
+    decoder = load_decoder(d.source, DECODER_DIR if d.source != "unclip" else d.model, d.text_model,
                            d.device, image_size=meta["image_size"])
     check_compatible(embedder.space, embedder.dim, decoder)  # before any decoding
     _, svms, _ = load_svms(f"{SVM_DIR}/svms.npz")
@@ -453,6 +453,38 @@ def decoded_decision_report(embed_images: Callable[[np.ndarray], np.ndarray],
         row["ordered"] = bool(row["hard"] < report["neutral"] < row["easy"])
         report["alphas"][f"alpha_{a:g}"] = row
     return report
+
+
+# ------------------------------------------------------------ generator check
+
+def clip_class_predictions(embed_images: Callable[[np.ndarray], np.ndarray], embed_texts: EmbedTexts,
+                           class_prompts: Sequence[str], images: np.ndarray) -> np.ndarray:
+    """CLIP zero-shot class of each image: the nearest of the class prompts."""
+    if not len(images):
+        return np.zeros(0, dtype=np.int64)
+    return (embed_images(images) @ embed_texts(list(class_prompts)).T).argmax(1)
+
+
+def generator_check(predicted: np.ndarray, eval_set: GeneratedSet, class_names: Sequence[str],
+                    threshold: float) -> dict:
+    """Does the decoder draw the classes at all? The share of neutral evaluation
+    images (decoded from each class's reference embedding) that CLIP zero-shot
+    recognises as their class, against ``threshold``. Below it the synthetic
+    arms train on images that are not of their label: ``trusted`` is False."""
+    neutral = eval_set.mask(side="neutral")
+    labels = eval_set.labels[neutral]
+    hits = predicted[neutral] == labels
+    recognised = float(hits.mean()) if len(labels) else None
+    return {"neutral_clip_class_accuracy": recognised, "threshold": float(threshold),
+            "per_class": {c: float(hits[labels == k].mean()) for k, c in enumerate(class_names) if (labels == k).any()},
+            "trusted": bool(recognised is not None and recognised >= threshold), "n": int(len(labels))}
+
+
+def keep_on_class(generated: GeneratedSet, predicted: np.ndarray) -> GeneratedSet:
+    """The set without the images CLIP puts in another class (ALIA-style filter)."""
+    keep = np.flatnonzero(predicted == generated.labels)
+    rows = [dict(generated.rows[i], index=j) for j, i in enumerate(keep)]
+    return GeneratedSet(generated.name, generated.images[keep], generated.labels[keep], rows, generated.skipped)
 
 
 # ------------------------------------------------------------ saving

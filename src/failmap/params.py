@@ -117,7 +117,7 @@ class ClipTrain:
 
 @dataclass(frozen=True)
 class Clip:
-    source: Literal["world", "open_clip"] = "world"
+    source: Literal["world", "corpus", "open_clip"] = "world"
     arch: str = _p("ViT-L-14", min_len=1)
     pretrained: str = _p("openai", min_len=1)
     batch_size: int = _p(256, ge=1)
@@ -142,18 +142,18 @@ class DecoderTrain:
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     snr_gamma: Optional[float] = _p(5.0, gt=0)
     train_timesteps: int = _p(1000, ge=2)
-    mixed_precision: bool = True
+    mixed_precision: Union[bool, Literal["auto"]] = "auto"  # auto: bfloat16 where it is fast (device.bf16_is_fast)
 
 
 @dataclass(frozen=True)
 class Decoder:
-    source: Literal["world", "unclip"] = "world"
+    source: Literal["world", "corpus", "unclip"] = "world"
     model: str = _p("stabilityai/stable-diffusion-2-1-unclip-small", min_len=1)
     text_model: str = _p("stabilityai/stable-diffusion-2-1-base", min_len=1)
     num_inference_steps: int = _p(15, ge=1)
     guidance_scale: float = _p(5.0, ge=0)
     batch_size: int = _p(64, ge=1)
-    mixed_precision: bool = True
+    mixed_precision: Union[bool, Literal["auto"]] = "auto"  # auto: bfloat16 where it is fast (device.bf16_is_fast)
     device: Device = "auto"
     train: DecoderTrain = _section(DecoderTrain)
 
@@ -182,6 +182,8 @@ class Generate:
     caption_weight: float = _p(0.6, gt=0, le=1)
     eval_alphas: list[float] = _p([0.1, 0.3, 0.5], gt=0, le=1, min_len=1, unique=True)
     n_eval_per_class: int = _p(16, ge=1)
+    min_class_recognition: float = _p(0.5, ge=0, le=1)
+    filter: bool = False
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,39 @@ class Params:
     finetune: Finetune = _section(Finetune)
     evaluate: Evaluate = _section(Evaluate)
     tracking: Tracking = _section(Tracking)
+
+
+# ------------------------------------------------- foundation/params.yaml
+@dataclass(frozen=True)
+class FoundationCorpus:
+    n_train: int = _p(60000, ge=2)
+    n_heldout: int = _p(2000, ge=1)     # held-out images, scored only
+    min_size: float = _p(0.3, gt=0, le=1)
+    max_size: float = _p(0.9, gt=0, le=1)
+    max_noise: float = _p(0.1, ge=0)
+
+
+@dataclass(frozen=True)
+class FoundationDecoder(DecoderTrain):
+    checkpoint_every: int = _p(500, ge=1)   # steps between resumable checkpoints
+    eval_every: int = _p(2000, ge=1)        # steps between points of the quality curve
+
+
+@dataclass(frozen=True)
+class FoundationReport:
+    n_per_shape: int = _p(32, ge=1)          # decoded images per shape and prompt kind
+    num_inference_steps: int = _p(15, ge=1)
+    guidance_scale: float = _p(5.0, ge=0)
+    batch_size: int = _p(64, ge=1)
+
+
+@dataclass(frozen=True)
+class FoundationParams:
+    seed: int = _p(0, ge=0)
+    corpus: FoundationCorpus = _section(FoundationCorpus)
+    clip: ClipTrain = _section(ClipTrain)
+    decoder: FoundationDecoder = _section(FoundationDecoder)
+    report: FoundationReport = _section(FoundationReport)
 
 
 # ---------------------------------------------------------------- validation
@@ -378,6 +413,7 @@ def _check_cross_fields(p: Params) -> None:
                 raise _fail(f"world.planted_values[{i}]", value,
                             f"one of {vocab_key} ({' | '.join(vocab)}) since world.planted_attribute "
                             f"is {w.planted_attribute}")
+    _check_foundation_models(p)
     if p.generate.n_captions > p.caption.top_k:
         raise _fail("generate.n_captions", p.generate.n_captions,
                     f"<= caption.top_k ({p.caption.top_k}): only that many hard captions are kept")
@@ -396,14 +432,45 @@ def _check_cross_fields(p: Params) -> None:
                     f"a string containing {{noun}} and no placeholders other than {allowed}")
 
 
-def params_from_dict(raw) -> Params:
-    """Validate a nested mapping (as read from params.yaml) and return the typed Params."""
-    params = _build(Params, raw, "")
-    _check_cross_fields(params)
+def _check_foundation_models(p: Params) -> None:
+    """source 'world' loads the shipped foundation models (models/pretrained/): they
+    know only the embedded world, and only what their corpus covered."""
+    shipped = [key for key, source in (("clip.source", p.clip.source), ("decoder.source", p.decoder.source))
+               if source == "world"]
+    if not shipped:
+        return
+    if p.data.source != "world":
+        raise _fail(shipped[0], "world", f"'corpus' (train on the data's captioned corpus: data.captions_file) or "
+                    f"a pretrained model ({'open_clip' if shipped[0] == 'clip.source' else 'unclip'}) with "
+                    f"data.source {p.data.source}: the shipped world models know only the embedded world")
+    if p.decoder.source == "world" and p.clip.source != "world":
+        raise _fail("decoder.source", "world", f"'corpus' or 'unclip' with clip.source {p.clip.source}: the "
+                    f"shipped world decoder draws from the shipped world CLIP's embeddings (clip.source: world)")
+    from failmap.foundation import CARD, CLIP_NAME, read_json, shipped_dir, uncovered
+    card_path = shipped_dir(CLIP_NAME) / CARD
+    if not card_path.is_file():
+        raise _fail(shipped[0], "world", f"a shipped foundation model, but {card_path} is missing "
+                    f"(restore models/pretrained/ with git, or rebuild it: cd foundation && dvc repro)")
+    w = p.world
+    missing = uncovered(read_json(card_path), classes=w.classes, colours=w.colours, contexts=w.contexts,
+                        min_size=w.min_size, max_size=w.max_size, noise=w.noise, image_size=p.data.image_size)
+    if missing:
+        raise ParamsError(f"{shipped[0]} = world: the shipped foundation models were trained on a corpus that "
+                          f"does not cover " + "; ".join(missing) +
+                          ". Use values the corpus has, or set clip.source / decoder.source to corpus to train "
+                          "them on this world's own corpus split")
+
+
+def params_from_dict(raw, schema=None):
+    """Validate a nested mapping (as read from params.yaml) and return the typed Params
+    (or the typed ``schema``, e.g. ``FoundationParams`` for foundation/params.yaml)."""
+    params = _build(schema or Params, raw, "")
+    if schema is None:
+        _check_cross_fields(params)
     return params
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def load_params(path: str | Path = "params.yaml", schema=None):
     """Read and validate a params file; raise ParamsError naming the file and the key."""
     path = Path(path)
     try:
@@ -418,9 +485,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(f"params file {path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"params file {path}: top level = {_short(raw)}: expected a mapping of "
-                          f"sections ({', '.join(f.name for f in dataclasses.fields(Params))})")
+                          f"sections ({', '.join(f.name for f in dataclasses.fields(schema or Params))})")
     try:
-        return params_from_dict(raw)
+        return params_from_dict(raw, schema)
     except ParamsError as err:
         raise ParamsError(f"params file {path}: {err}") from None
 

@@ -1,0 +1,102 @@
+"""Stage decoder: train the world decoder on the foundation corpus, conditioned
+on the shipped world CLIP's embeddings; export it as it ships (float16
+safetensors, ``DiffusionPipeline.from_pretrained`` folder) with its model card.
+
+Training is long on a CPU, so it checkpoints every ``decoder.checkpoint_every``
+steps to work/decoder_checkpoint.pt and resumes from there; every
+``decoder.eval_every`` steps it scores the averaged weights (a point of the
+quality curve, kept beside the checkpoint, and a sample grid).
+
+    python stages/decoder.py [--until-step N]   # N: pause there, export what there is
+"""
+import argparse
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from failmap.decoder import load_decoder
+from failmap.decoder_train import train_decoder
+from failmap.embedder import load_embedder
+from failmap.foundation import (CLIP_NAME, CORPUS_DIR, DECODER_NAME, METRICS_DIR, PLOTS_DIR, WORK_DIR, corpus_card,
+                                corpus_spec, export_decoder, hardware, load_corpus, load_foundation_params,
+                                shipped_dir, verify_card, write_card)
+from failmap.foundation_eval import decoder_quality
+from failmap.io import read_json, write_json
+from failmap.models import load_classifier
+from failmap.plots import image_grid
+
+CHECKPOINT = f"{WORK_DIR}/decoder_checkpoint.pt"
+CURVE = f"{WORK_DIR}/decoder_curve.json"      # grows across resumed runs, like the checkpoint
+CURVE_SAMPLES = dict(n_per_shape=8, n_heldout=96)
+
+
+def curve_point(step, pipe, embedder, judge, heldout, spec, settings) -> dict:
+    report, images = decoder_quality(pipe, embedder, judge, heldout, spec, **CURVE_SAMPLES, **settings)
+    image_grid(images["shape_prompt"], f"{PLOTS_DIR}/decoder_progress/step_{step:06d}.png", ncol=8,
+               title=f"step {step}: 'a photo of a {{shape}}', one row per shape")
+    return dict(step=step, shape_prompt_clip=report["shape_prompt"]["clip_accuracy"],
+                shape_prompt_judge=report["shape_prompt"]["judge"]["accuracy"],
+                from_image_judge=report["from_image_embedding"]["judge"]["accuracy"],
+                colour_prompt_clip=report["colour_prompt"]["clip_accuracy"],
+                context_prompt_clip=report["context_prompt"]["clip_accuracy"])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--until-step", type=int, default=None, help="pause after this many steps")
+    args = parser.parse_args()
+    p = load_foundation_params()
+    spec, d, r = corpus_spec(p), p.decoder, p.report
+    verify_card(shipped_dir(CLIP_NAME))
+    embedder = load_embedder("world", model_dir=shipped_dir(CLIP_NAME))
+    judge, _ = load_classifier(f"{WORK_DIR}/judge.pt")
+    corpus, heldout = load_corpus(CORPUS_DIR, "train"), load_corpus(CORPUS_DIR, "heldout")
+    image_embeds = embedder.embed_images(corpus["images"])
+    text_embeds = embedder.embed_texts_per_row(corpus["captions"])
+    settings = dict(num_inference_steps=r.num_inference_steps, guidance_scale=r.guidance_scale,
+                    batch_size=r.batch_size, show_progress=False, seed=p.seed)
+    curve = read_json(CURVE) if Path(CURVE).is_file() else []
+
+    def on_snapshot(step, pipe):
+        curve.append(curve_point(step, pipe, embedder, judge, heldout, spec, settings))
+        write_json(CURVE, curve)
+        print(f"quality at step {step}: {curve[-1]}", flush=True)
+
+    train_params = {k: v for k, v in asdict(d).items() if k not in ("checkpoint_every", "eval_every")}
+    start = time.perf_counter()
+    train = train_decoder(corpus["images"], image_embeds, text_embeds, f"{WORK_DIR}/decoder", space=embedder.space,
+                          seed=p.seed, device="auto", **train_params, checkpoint_path=CHECKPOINT,
+                          checkpoint_every=d.checkpoint_every, snapshot_every=d.eval_every,
+                          on_snapshot=on_snapshot, stop_at=args.until_step)
+    history = train.pop("history")
+
+    out = export_decoder(load_decoder("world", f"{WORK_DIR}/decoder", device="cpu"), shipped_dir(DECODER_NAME))
+    decoder = load_decoder("world", out, device="cpu")   # score what ships
+    quality, images = decoder_quality(decoder, embedder, judge, heldout, spec, n_per_shape=r.n_per_shape,
+                                      **settings)
+    if not curve or curve[-1]["step"] != train["steps_done"]:
+        curve.append(curve_point(train["steps_done"], decoder, embedder, judge, heldout, spec, settings))
+        write_json(CURVE, curve)
+    image_grid(images["shape_prompt"], f"{PLOTS_DIR}/decoder/shape_prompts.png", ncol=16,
+               title="decoded from 'a photo of a {shape}', two rows per shape")
+    image_grid(images["real"][:48], f"{PLOTS_DIR}/decoder/heldout_real.png", ncol=16,
+               title="held-out corpus images (real)")
+    image_grid(images["from_image_embedding"][:48], f"{PLOTS_DIR}/decoder/heldout_decoded.png", ncol=16,
+               title="decoded from those images' CLIP embeddings")
+    card = dict(model=DECODER_NAME, kind="failmap EmbeddingDecoderPipeline (diffusers UNet2DConditionModel + DDIM), "
+                                         "float16 safetensors",
+                load="diffusers DiffusionPipeline.from_pretrained(<folder>); failmap: load_decoder('world', <folder>)",
+                corpus=corpus_card(spec, len(corpus["images"]), p.seed), params=asdict(d),
+                clip=dict(model=CLIP_NAME, space=embedder.space), training=train,
+                complete=train["steps_done"] == d.steps, hardware=hardware(),
+                wall_seconds_this_run=round(time.perf_counter() - start, 1),
+                quality_heldout=quality, quality_curve=curve, sampling=settings)
+    write_card(out, card)
+    write_json(f"{METRICS_DIR}/decoder.json", dict(quality_heldout=quality, steps_done=train["steps_done"],
+                                                    steps=d.steps, train_seconds=train["train_seconds"]))
+    write_json(f"{METRICS_DIR}/decoder_curve.json", curve)
+    write_json(f"{METRICS_DIR}/decoder_loss.json", history)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Quality figures of the foundation models, on held-out foundation images.
+
+- CLIP: zero-shot shape, colour and context over every value the corpus has.
+- The shape judge: a small CNN trained on the unbiased corpus to name the
+  shape, independent of CLIP and of any task's biased baseline.
+- The decoder: images decoded from "a photo of a {shape}" recognised as that
+  shape (CLIP zero-shot and the judge); colour and context named in a caption
+  shown (CLIP zero-shot); images decoded from held-out image embeddings keep
+  their shape (the judge) and colour / context (CLIP).
+
+"Visible" figures leave out the objects drawn in a colour within
+``world.MIN_CONTRAST`` of their background (white in the snow, black at
+night, ...): the task worlds never draw those by default.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from failmap.captions import fill_caption
+from failmap.clip_train import DEFAULT_TEMPLATE, Attribute, zero_shot_report
+
+
+def visible_mask(colours, contexts) -> np.ndarray:
+    from failmap.world import MIN_CONTRAST, contrast
+    return np.array([contrast(c, x) >= MIN_CONTRAST for c, x in zip(colours, contexts)])
+
+
+def corpus_attributes(colours, contexts, colour_names: list[str], context_names: list[str]) -> dict[str, Attribute]:
+    from failmap.world import CONTEXT_PHRASE
+    return {"colour": Attribute(values=np.asarray(colours), phrases={c: c for c in colour_names}, slot="adjective"),
+            "context": Attribute(values=np.asarray(contexts), phrases={c: CONTEXT_PHRASE[c] for c in context_names},
+                                 slot="context")}
+
+
+def clip_quality(embedder, heldout: dict, spec) -> dict:
+    """Zero-shot accuracy of shape, colour and context on the held-out corpus,
+    over all images and over the visible ones."""
+    labels = np.array([spec.shapes.index(s) for s in heldout["shape"]])
+    out = {}
+    for name, mask in (("all", np.ones(len(labels), bool)), ("visible", visible_mask(heldout["colour"],
+                                                                                       heldout["context"]))):
+        attrs = corpus_attributes(heldout["colour"][mask], heldout["context"][mask], spec.colours, spec.contexts)
+        zs = zero_shot_report(embedder, heldout["images"][mask], labels[mask], spec.shapes, attrs)
+        out[name] = dict(shape_accuracy=zs["class_accuracy"], shape_accuracy_per_shape=zs["class_accuracy_per_class"],
+                         colour_accuracy=zs["colour_accuracy"], context_accuracy=zs["context_accuracy"], n=zs["n"])
+    return out
+
+
+# ----------------------------------------------------------------- shape judge
+def train_judge(corpus: dict, shapes: list[str], *, epochs: int = 4, seed: int = 0, device: str = "cpu"):
+    """A SmallCNN that names the shape, trained on the (unbiased) corpus."""
+    from failmap.models import build_classifier
+    from failmap.train import fit
+    labels = np.array([shapes.index(s) for s in corpus["shape"]])
+    model = build_classifier("small_cnn", len(shapes), 32, seed=seed)
+    fit(model, corpus["images"], labels, epochs=epochs, batch_size=128, lr=0.05, momentum=0.9,
+        weight_decay=5e-4, augment_data=True, seed=seed, device=device, desc="shape judge")
+    return model
+
+
+def judge_accuracy(judge, images: np.ndarray, labels: np.ndarray, shapes: list[str], device: str = "cpu") -> dict:
+    from failmap.train import predict_proba
+    pred = predict_proba(judge, images, device).argmax(1)
+    return dict(accuracy=float((pred == labels).mean()),
+                per_shape={s: float((pred[labels == k] == k).mean()) for k, s in enumerate(shapes)
+                           if (labels == k).any()})
+
+
+# -------------------------------------------------------------------- decoder
+def decoder_quality(decoder, embedder, judge, heldout: dict, spec, *, n_per_shape: int = 32,
+                    n_heldout: int = 256, seed: int = 0, device: str = "cpu",
+                    **decode_kwargs) -> tuple[dict, dict[str, np.ndarray]]:
+    """The decoder bars (module docstring). Returns (figures, decoded images)."""
+    from failmap.world import CONTEXT_PHRASE
+    shapes = spec.shapes
+    rng = np.random.default_rng(seed)
+    report, images = {}, {}
+
+    labels = np.repeat(np.arange(len(shapes)), n_per_shape)
+    prompts = [fill_caption(DEFAULT_TEMPLATE, shapes[k]) for k in labels]
+    decoded = decoder.decode_captions(prompts, embedder.embed_texts(prompts), seed=seed, **decode_kwargs)
+    zs = zero_shot_report(embedder, decoded, labels, shapes)
+    report["shape_prompt"] = dict(clip_accuracy=zs["class_accuracy"], clip_per_shape=zs["class_accuracy_per_class"],
+                                  judge=judge_accuracy(judge, decoded, labels, shapes, device), n=len(labels))
+    images["shape_prompt"], images["shape_prompt_labels"] = decoded, labels
+
+    # every colour and every context with a random shape, one prompt each
+    for name, values, slot, phrase in (("colour", spec.colours, "adjective", lambda v: v),
+                                       ("context", spec.contexts, "context", lambda v: CONTEXT_PHRASE[v])):
+        pairs = [(int(rng.integers(len(shapes))), v) for v in values for _ in range(max(2, n_per_shape // 4))]
+        prompts = [fill_caption(DEFAULT_TEMPLATE, shapes[k], **{slot: phrase(v)}) for k, v in pairs]
+        decoded = decoder.decode_captions(prompts, embedder.embed_texts(prompts), seed=seed + 1, **decode_kwargs)
+        cls = np.array([k for k, _ in pairs])
+        attr = Attribute(values=np.array([v for _, v in pairs]), phrases={v: phrase(v) for v in values}, slot=slot)
+        zs = zero_shot_report(embedder, decoded, cls, shapes, {name: attr})
+        report[f"{name}_prompt"] = dict(clip_accuracy=zs[f"{name}_accuracy"], n=len(pairs))
+        images[f"{name}_prompt"] = decoded
+
+    # decoded from held-out image embeddings: the shape kept?
+    pick = rng.choice(len(heldout["images"]), size=min(n_heldout, len(heldout["images"])), replace=False)
+    pick = pick[visible_mask(heldout["colour"][pick], heldout["context"][pick])]
+    real = heldout["images"][pick]
+    truth = np.array([shapes.index(s) for s in heldout["shape"][pick]])
+    decoded = decoder.decode_images(embedder.embed_images(real), seed=seed + 2, **decode_kwargs)
+    attrs = corpus_attributes(heldout["colour"][pick], heldout["context"][pick], spec.colours, spec.contexts)
+    zs = zero_shot_report(embedder, decoded, truth, shapes, attrs)
+    report["from_image_embedding"] = dict(judge=judge_accuracy(judge, decoded, truth, shapes, device),
+                                          judge_on_the_real_images=judge_accuracy(judge, real, truth, shapes, device),
+                                          clip_shape_accuracy=zs["class_accuracy"],
+                                          clip_colour_accuracy=zs["colour_accuracy"],
+                                          clip_context_accuracy=zs["context_accuracy"], n=len(pick))
+    images["real"], images["from_image_embedding"] = real, decoded
+    return report, images
