@@ -7,10 +7,13 @@ steps to work/decoder_checkpoint.pt and resumes from there; every
 ``decoder.eval_every`` steps it scores the averaged weights (a point of the
 quality curve, kept beside the checkpoint, and a sample grid).
 
-    python stages/decoder.py [--until-step N]   # N: pause there, export what there is
+    python stages/decoder.py [--until-step N]   # pause at step N and export what there is
+                                                # (N at or below the checkpoint's step: export the checkpoint)
 """
 import argparse
 import time
+
+import numpy as np
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,14 +23,29 @@ from failmap.embedder import load_embedder
 from failmap.foundation import (CLIP_NAME, CORPUS_DIR, DECODER_NAME, METRICS_DIR, PLOTS_DIR, WORK_DIR, corpus_card,
                                 corpus_spec, export_decoder, hardware, load_corpus, load_foundation_params,
                                 shipped_dir, verify_card, write_card)
-from failmap.foundation_eval import decoder_quality
+from failmap.foundation_eval import decoder_quality, visible_mask
 from failmap.io import read_json, write_json
 from failmap.models import load_classifier
-from failmap.plots import image_grid
+from failmap.plots import image_grid, line_plot
 
 CHECKPOINT = f"{WORK_DIR}/decoder_checkpoint.pt"
 CURVE = f"{WORK_DIR}/decoder_curve.json"      # grows across resumed runs, like the checkpoint
 CURVE_SAMPLES = dict(n_per_shape=8, n_heldout=96)
+PER_ROW = 8                                     # real | decoded images per shape in real_vs_decoded.png
+
+
+def real_beside_decoded(heldout, images, shapes) -> np.ndarray:
+    """One row per shape: PER_ROW visible held-out images, then PER_ROW decoded from its prompt."""
+    visible = visible_mask(heldout["colour"], heldout["context"])
+    blank = np.full((PER_ROW,) + heldout["images"].shape[1:], 255, np.uint8)
+
+    def padded(x):
+        return np.concatenate([x[:PER_ROW], blank[len(x[:PER_ROW]):]])
+    rows = []
+    for k, shape in enumerate(shapes):
+        rows += [padded(heldout["images"][(heldout["shape"] == shape) & visible]),
+                 padded(images["shape_prompt"][images["shape_prompt_labels"] == k])]
+    return np.concatenate(rows)
 
 
 def curve_point(step, pipe, embedder, judge, heldout, spec, settings) -> dict:
@@ -79,6 +97,9 @@ def main():
         write_json(CURVE, curve)
     image_grid(images["shape_prompt"], f"{PLOTS_DIR}/decoder/shape_prompts.png", ncol=16,
                title="decoded from 'a photo of a {shape}', two rows per shape")
+    image_grid(real_beside_decoded(heldout, images, spec.shapes), f"{PLOTS_DIR}/decoder/real_vs_decoded.png",
+               ncol=2 * PER_ROW, title=f"per shape: {PER_ROW} held-out real images | {PER_ROW} decoded from "
+                                       f"'a photo of a {{shape}}'")
     image_grid(images["real"][:48], f"{PLOTS_DIR}/decoder/heldout_real.png", ncol=16,
                title="held-out corpus images (real)")
     image_grid(images["from_image_embedding"][:48], f"{PLOTS_DIR}/decoder/heldout_decoded.png", ncol=16,
@@ -95,6 +116,9 @@ def main():
     write_json(f"{METRICS_DIR}/decoder.json", dict(quality_heldout=quality, steps_done=train["steps_done"],
                                                     steps=d.steps, train_seconds=train["train_seconds"]))
     write_json(f"{METRICS_DIR}/decoder_curve.json", curve)
+    line_plot(curve, "step", [k for k in curve[0] if k != "step"], f"{PLOTS_DIR}/decoder/quality_curve.png",
+              title="world decoder: quality against training steps", ylabel="share recognised / shown",
+              hlines={"bar 0.90 (shape)": 0.90, "bar 0.95 (colour, context)": 0.95})
     write_json(f"{METRICS_DIR}/decoder_loss.json", history)
 
 

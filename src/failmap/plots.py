@@ -143,6 +143,33 @@ def bar_plot(values: dict[str, float], errors: dict[str, float] | None, path: st
     return path
 
 
+def line_plot(rows: list[dict], x: str, ys: list[str], path: str | Path, title: str, ylabel: str,
+              hlines: dict[str, float] | None = None) -> Path:
+    """Write a PNG with one line per key of ``ys`` over ``x`` (e.g. a quality
+    curve against training steps); ``hlines``: label -> level of a dashed bar."""
+    from matplotlib.figure import Figure
+
+    if not rows:
+        raise ValueError("line_plot: rows is empty")
+    fig = Figure(figsize=(6.4, 3.8), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    xs = [r[x] for r in rows]
+    for y in ys:
+        ax.plot(xs, [r[y] for r in rows], marker="o", markersize=3, label=y)
+    for label, level in (hlines or {}).items():
+        ax.axhline(level, linestyle="--", color="grey", linewidth=1)
+        ax.annotate(label, (xs[0], level), fontsize=7, color="grey", va="bottom")
+    ax.set_title(title)
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
 def _plain(value, where: str):
     """A JSON/CSV-ready scalar: numpy scalars unwrapped, non-finite floats refused."""
     if isinstance(value, np.generic):

@@ -26,8 +26,9 @@ import yaml
 from failmap import gate
 
 # What a copy needs to reproduce the pipeline: the DAG, the code, DVC's config
-# (analytics off, offline plots template). Data, models and metrics are made anew.
-COPIED = ["dvc.yaml", "stages", "src", ".dvc/config", ".dvc/plots", ".dvcignore"]
+# (analytics off, offline plots template) and the shipped foundation models.
+# Data, task models and metrics are made anew.
+COPIED = ["dvc.yaml", "stages", "src", "models/pretrained", ".dvc/config", ".dvc/plots", ".dvcignore"]
 TINY_PARAMS = "tests/tiny_params.yaml"
 SMOKE_BASELINE = ".ci/smoke_baseline.json"
 
