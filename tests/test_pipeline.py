@@ -109,3 +109,27 @@ def test_method_param_experiment_reruns_only_downstream_stages(repro, tmp_path):
     assert all(len(top["hard"]) == 2 for top in captions["top"].values())
     shown = json.loads(_run([sys.executable, "-m", "dvc", "exp", "show", "--json"], exp_repo, git_env).stdout)
     assert "topk2" in json.dumps(shown)
+
+
+def test_default_path_runs_on_the_shipped_foundation_models(tmp_path):
+    """clip.source / decoder.source world (the defaults): the pipeline trains no
+    foundation model, installs the shipped ones and runs the generator check."""
+    import yaml
+    work = tiny_copy(REPO, tmp_path / "shipped")
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["clip"]["source"] = params["decoder"]["source"] = "world"
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run([sys.executable, "-m", "dvc", "repro"], work, pipeline_env())
+    clip = json.loads((work / "metrics" / "clip.json").read_text())
+    decoder = json.loads((work / "metrics" / "decoder.json").read_text())
+    assert clip["source"] == decoder["source"] == "world" and not clip["trained"] and not decoder["trained"]
+    shipped = json.loads((REPO / "models" / "pretrained" / "world-clip" / "card.json").read_text())
+    assert clip["space"] == shipped["space"]
+    assert (work / "models" / "clip" / "weights.safetensors").read_bytes() == \
+        (REPO / "models" / "pretrained" / "world-clip" / "weights.safetensors").read_bytes()
+    generated = json.loads((work / "metrics" / "generated.json").read_text())
+    check = generated["generator_check"]
+    assert 0.0 <= check["neutral_clip_class_accuracy"] <= 1.0 and check["trusted"] == (
+        check["neutral_clip_class_accuracy"] >= check["threshold"])
+    evaluate = json.loads((work / "metrics" / "evaluate.json").read_text())
+    assert evaluate["synthetic_trusted"] == check["trusted"]
