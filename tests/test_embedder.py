@@ -40,8 +40,12 @@ def test_weights_file_round_trip_gives_identical_embeddings(tiny):
     loaded = load_embedder("open_clip", arch=TINY_ARCH, pretrained=str(weights), device="cpu", batch_size=4)
     in_memory = Embedder(model, open_clip.get_tokenizer(TINY_ARCH), space="x", dim=16, device=torch.device("cpu"))
     images, texts = _images(10), ["a photo of a red star", "a photo of a circle at night"]
-    assert np.array_equal(loaded.embed_images(images), in_memory.embed_images(images))
-    assert np.array_equal(loaded.embed_texts(texts), in_memory.embed_texts(texts))
+    # the file holds exactly the weights; the two instances may still round differently
+    # (~1e-7: vector kernels depend on memory alignment, measured on an AMD EPYC)
+    saved, reloaded = model.state_dict(), loaded.model.state_dict()
+    assert saved.keys() == reloaded.keys() and all(torch.equal(saved[k], reloaded[k]) for k in saved)
+    np.testing.assert_allclose(loaded.embed_images(images), in_memory.embed_images(images), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(loaded.embed_texts(texts), in_memory.embed_texts(texts), rtol=0, atol=1e-6)
     assert loaded.space.startswith(f"open_clip:{TINY_ARCH}:file-sha1:")
     assert loaded.dim == 16 and loaded.device.type == "cpu"
 

@@ -150,7 +150,7 @@ def test_shipped_clip_loads_through_open_clip_create_model():
 
 def test_shipped_decoder_loads_through_from_pretrained_and_draws(tmp_path):
     folder = shipped_dir(DECODER_NAME)
-    pipe = EmbeddingDecoderPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    pipe = EmbeddingDecoderPipeline.from_pretrained(folder, dtype=torch.float32)
     decoder = load_decoder("world", folder, device="cpu")
     assert pipe.unet.dtype == decoder.unet.dtype == torch.float32
     emb = load_embedder("world", model_dir=shipped_dir(CLIP_NAME), device="cpu")

@@ -314,7 +314,7 @@ def load_decoder(source: str, model_dir_or_id: str | Path, text_model: str | Pat
         if not (folder / "model_index.json").is_file():
             raise FileNotFoundError(f"no saved world decoder in {folder} (model_index.json missing): "
                                     f"run the pretrain_decoder stage first")
-        pipe = EmbeddingDecoderPipeline.from_pretrained(folder, torch_dtype=torch.float32).to(dev)  # shipped: float16
+        pipe = EmbeddingDecoderPipeline.from_pretrained(folder, dtype=torch.float32).to(dev)  # shipped: float16
         if image_size is not None and image_size != pipe.image_size:
             raise ValueError(f"the world decoder in {folder} draws {pipe.image_size}px images but "
                              f"{image_size}px were asked for; re-train it on the data's image size")
