@@ -13,7 +13,6 @@ the embedding space so that a decoder trained on another space is refused.
 from __future__ import annotations
 
 import difflib
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +22,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from failmap.device import resolve_device
+from failmap.io import file_digest
 
 SOURCES = ("open_clip", "world", "corpus")  # world: shipped; corpus: trained in the pipeline
 WORLD_CLIP_NAME = "world-clip"          # config file stem = open_clip model name
 WORLD_CLIP_WEIGHTS = "weights.pt"     # what pretrain_clip writes (float32)
 SHIPPED_CLIP_WEIGHTS = "weights.safetensors"  # what the foundation pipeline ships (float16)
-
-
-def file_sha1(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Embedder:
@@ -172,7 +164,7 @@ def _load_open_clip(arch: str | None, pretrained: str | None):
                          f"for {arch}; random weights would give meaningless embeddings")
     pretrained = str(pretrained)
     if Path(pretrained).is_file():
-        space = f"open_clip:{arch}:file-sha1:{file_sha1(pretrained)[:12]}"
+        space = f"open_clip:{arch}:file-sha1:{file_digest(pretrained, 'sha1')[:12]}"
     elif _looks_like_path(pretrained):
         raise FileNotFoundError(f"open_clip weights file not found: {pretrained}")
     else:
@@ -217,6 +209,6 @@ def _load_world_clip(model_dir: Path):
             raise FileNotFoundError(f"world CLIP file missing: {path} (run the pretrain_clip stage first)")
     name = register_config(config_path)
     model = open_clip.create_model(name, pretrained=str(weights_path))
-    space = f"world-clip:{file_sha1(weights_path)[:12]}"
+    space = f"world-clip:{file_digest(weights_path, 'sha1')[:12]}"
     dim = int(open_clip.get_model_config(name)["embed_dim"])
     return model, open_clip.get_tokenizer(name), space, dim

@@ -19,14 +19,13 @@ whose files do not match their card.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from failmap.io import atomic_path, read_json, write_json
+from failmap.io import atomic_path, file_digest, read_json, write_json
 
 PRETRAINED_DIR = Path("models/pretrained")     # relative to the repository root
 CLIP_NAME = "world-clip"
@@ -106,14 +105,6 @@ def render_corpus(spec: CorpusSpec, n: int, seed: int, stream: int = 0, desc: st
 
 
 # ------------------------------------------------------------------ model cards
-def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def model_files(folder: str | Path) -> list[str]:
     """Every file of a model folder except its card, as sorted relative paths."""
     folder = Path(folder)
@@ -123,7 +114,7 @@ def model_files(folder: str | Path) -> list[str]:
 def write_card(folder: str | Path, card: dict) -> dict:
     """Write ``card.json``: ``card`` plus the sha256 of every file in the folder."""
     folder = Path(folder)
-    card = dict(card, files={f: sha256(folder / f) for f in model_files(folder)})
+    card = dict(card, files={f: file_digest(folder / f) for f in model_files(folder)})
     write_json(folder / CARD, card)
     return card
 
@@ -149,7 +140,7 @@ def verify_card(folder: str | Path) -> dict:
     for name, digest in sorted(expected.items()):
         if name not in present:
             raise CardMismatch(f"{folder / name} is missing: {card_path} lists it")
-        actual = sha256(folder / name)
+        actual = file_digest(folder / name)
         if actual != digest:
             raise CardMismatch(f"{folder / name} does not match its model card: sha256 {actual[:16]}... but "
                                f"{card_path} says {digest[:16]}...; the file was changed or corrupted "

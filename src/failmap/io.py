@@ -38,6 +38,16 @@ def save_torch(obj, path: str | Path) -> None:
         torch.save(obj, handle)
 
 
+def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file's bytes, read in chunks (model weights can be large)."""
+    import hashlib
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_json(path: str | Path):
     path = Path(path)
     if not path.exists():
