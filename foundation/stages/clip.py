@@ -7,7 +7,7 @@ from dataclasses import asdict
 from failmap.clip_train import train_clip
 from failmap.embedder import load_embedder
 from failmap.foundation import (CLIP_NAME, CORPUS_DIR, METRICS_DIR, WORK_DIR, corpus_card, corpus_spec,
-                                export_clip, hardware, load_corpus, load_foundation_params, shipped_dir,
+                                built_dir, export_clip, hardware, load_corpus, load_foundation_params,
                                 write_card)
 from failmap.foundation_eval import clip_quality
 from failmap.io import write_json
@@ -19,7 +19,7 @@ def main():
     corpus = load_corpus(CORPUS_DIR, "train")
     start = time.perf_counter()
     train = train_clip(corpus["images"], corpus["captions"], f"{WORK_DIR}/clip", **asdict(p.clip), seed=p.seed)
-    out = export_clip(f"{WORK_DIR}/clip", shipped_dir(CLIP_NAME))
+    out = export_clip(f"{WORK_DIR}/clip", built_dir(CLIP_NAME))
     embedder = load_embedder("world", model_dir=out)
     quality = clip_quality(embedder, load_corpus(CORPUS_DIR, "heldout"), spec)
     history = train.pop("history")

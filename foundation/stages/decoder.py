@@ -22,7 +22,7 @@ from failmap.decoder_train import train_decoder
 from failmap.embedder import load_embedder
 from failmap.foundation import (CLIP_NAME, CORPUS_DIR, DECODER_NAME, METRICS_DIR, PLOTS_DIR, WORK_DIR, corpus_card,
                                 corpus_spec, export_decoder, hardware, load_corpus, load_foundation_params,
-                                shipped_dir, verify_card, write_card)
+                                built_dir, verify_card, write_card)
 from failmap.foundation_eval import decoder_quality, visible_mask
 from failmap.io import read_json, write_json
 from failmap.models import load_classifier
@@ -65,8 +65,8 @@ def main():
     args = parser.parse_args()
     p = load_foundation_params()
     spec, d, r = corpus_spec(p), p.decoder, p.report
-    verify_card(shipped_dir(CLIP_NAME))
-    embedder = load_embedder("world", model_dir=shipped_dir(CLIP_NAME))
+    verify_card(built_dir(CLIP_NAME))
+    embedder = load_embedder("world", model_dir=built_dir(CLIP_NAME))
     judge, _ = load_classifier(f"{WORK_DIR}/judge.pt")
     corpus, heldout = load_corpus(CORPUS_DIR, "train"), load_corpus(CORPUS_DIR, "heldout")
     image_embeds = embedder.embed_images(corpus["images"])
@@ -88,7 +88,7 @@ def main():
                           on_snapshot=on_snapshot, stop_at=args.until_step)
     history = train.pop("history")
 
-    out = export_decoder(load_decoder("world", f"{WORK_DIR}/decoder", device="cpu"), shipped_dir(DECODER_NAME))
+    out = export_decoder(load_decoder("world", f"{WORK_DIR}/decoder", device="cpu"), built_dir(DECODER_NAME))
     decoder = load_decoder("world", out, device="cpu")   # score what ships
     quality, images = decoder_quality(decoder, embedder, judge, heldout, spec, n_per_shape=r.n_per_shape,
                                       **settings)

@@ -224,6 +224,9 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
         if state["steps"] != steps:
             raise ValueError(f"checkpoint {checkpoint_path} is of a {state['steps']}-step run, this one has "
                              f"{steps} steps: delete it to start afresh")
+        if state.get("space", space) != space:
+            raise ValueError(f"checkpoint {checkpoint_path} was trained on embeddings of space {state['space']!r}, "
+                             f"this run's are {space!r} (the CLIP changed): delete it to start afresh")
         unet.load_state_dict(state["unet"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -236,7 +239,7 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
         print(f"resuming decoder training at step {first} of {steps} from {checkpoint_path}", flush=True)
 
     def save_checkpoint(step: int) -> None:
-        save_torch(dict(step=step, steps=steps, unet=unet.state_dict(), optimizer=optimizer.state_dict(),
+        save_torch(dict(step=step, steps=steps, space=space, unet=unet.state_dict(), optimizer=optimizer.state_dict(),
                         schedule=schedule.state_dict(), generator=generator.get_state(),
                         ema=ema.state_dict() if ema is not None else None, history=history,
                         running=running, recent=list(recent),

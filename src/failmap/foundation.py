@@ -253,6 +253,8 @@ def hardware() -> dict:
 # ------------------------------------------------- the foundation pipeline's stages
 CORPUS_DIR = "data/corpus"       # relative to foundation/, where its stages run
 WORK_DIR = "work"                # trained models before export, the decoder's checkpoint
+BUILD_DIR = "build"              # the exported models with their cards; the publish stage copies them to
+                                 # models/pretrained/ (not a DVC output there: see foundation/dvc.yaml)
 METRICS_DIR = "metrics"
 PLOTS_DIR = "plots"
 
@@ -278,6 +280,23 @@ def corpus_spec(params) -> CorpusSpec:
     if c.min_size > c.max_size:
         raise SystemExit(f"foundation: corpus.min_size {c.min_size} > corpus.max_size {c.max_size}")
     return CorpusSpec.everything(min_size=c.min_size, max_size=c.max_size, max_noise=c.max_noise)
+
+
+def built_dir(name: str) -> Path:
+    """Where the foundation pipeline exports a model (relative to foundation/)."""
+    return Path(BUILD_DIR) / name
+
+
+def publish(name: str) -> dict:
+    """Copy a built model (checked against its card) to models/pretrained/; returns the card."""
+    import shutil
+    card = verify_card(built_dir(name))
+    dest = shipped_dir(name)
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(built_dir(name), dest)
+    verify_card(dest)
+    return card
 
 
 def install_shipped(name: str, dest: str | Path) -> dict:
