@@ -97,6 +97,9 @@ def test_resumed_decoder_training_equals_an_uninterrupted_run(tmp_path):
     with pytest.raises(ValueError, match="6-step run"):
         train_decoder(images, embeds, embeds, tmp_path / "c", checkpoint_path=tmp_path / "b.pt",
                       **dict(kwargs, steps=8))
+    with pytest.raises(ValueError, match="space 'test'.*the CLIP changed"):
+        train_decoder(images, embeds, embeds, tmp_path / "c", checkpoint_path=tmp_path / "b.pt",
+                      **dict(kwargs, space="another"))
 
 
 def test_foundation_params_validate_their_own_schema(tmp_path):
@@ -171,3 +174,18 @@ def test_install_refuses_a_tampered_shipped_model(tmp_path, monkeypatch):
     with pytest.raises(CardMismatch, match=r"world-clip/weights.safetensors does not match its model card"):
         install_shipped(CLIP_NAME, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_publish_copies_a_built_model_checked_against_its_card(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the foundation pipeline's stages run in foundation/
+    monkeypatch.setattr(foundation, "repo_root", lambda: tmp_path / "repo")
+    built = foundation.built_dir("m")
+    built.mkdir(parents=True)
+    (built / "weights.bin").write_bytes(b"w")
+    write_card(built, {"model": "m"})
+    assert foundation.publish("m")["model"] == "m"
+    assert (shipped_dir("m") / "weights.bin").read_bytes() == b"w"
+    (built / "weights.bin").write_bytes(b"x")
+    with pytest.raises(CardMismatch, match="weights.bin does not match"):
+        foundation.publish("m")
+    assert (shipped_dir("m") / "weights.bin").read_bytes() == b"w"  # what was published stays
