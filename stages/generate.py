@@ -43,23 +43,29 @@ def main():
             sets.append(generate_direction(decoder, classes, references, svms, g.alpha, n, seed, **decode))
         eval_set = generate_eval(decoder, classes, references, svms, g.eval_alphas, g.n_eval_per_class, seed, **decode)
 
-        def clip_class(images):
-            return clip_class_predictions(embedder.embed_images, embedder.embed_texts, refs, images)
-        check = generator_check(clip_class(eval_set.images), eval_set, classes, g.min_class_recognition)
+        predicted = {s.name: clip_class_predictions(embedder.embed_images, embedder.embed_texts, refs, s.images)
+                     for s in sets + [eval_set]}
+        check = generator_check(predicted[eval_set.name], eval_set, classes, g.min_class_recognition,
+                                arms={s.name: (predicted[s.name], s.labels) for s in sets})
         if not check["trusted"]:
+            arms = {a: round(v, 2) for a, v in check["arms_clip_class_accuracy"].items()}
             print(f"WARNING generate: the decoder's images are not of their class. CLIP recognises the class of "
-                  f"{check['neutral_clip_class_accuracy']:.0%} of the neutral evaluation images, below "
-                  f"generate.min_class_recognition {g.min_class_recognition:.0%} (per class: "
-                  f"{ {c: round(v, 2) for c, v in check['per_class'].items()} }). The synthetic arms "
+                  f"{check['neutral_clip_class_accuracy']:.0%} of the neutral evaluation images (per class: "
+                  f"{ {c: round(v, 2) for c, v in check['per_class'].items()} }) and, per arm, {arms}; "
+                  f"generate.min_class_recognition is {g.min_class_recognition:.0%}. The synthetic arms "
                   f"(generic, caption, direction) are marked untrusted; generate.filter: true drops off-class "
                   f"images.", file=sys.stderr, flush=True)
         decoded = {s.name: int(len(s)) for s in sets}
         if g.filter:
-            sets = [keep_on_class(s, clip_class(s.images)) for s in sets]
+            sets = [keep_on_class(s, predicted[s.name]) for s in sets]
         sets.append(eval_set)
         for generated in sets:
-            save_generated(GENERATED, generated)
-            save_grid(generated, f"{PLOTS}/generate/{generated.name}.png")
+            save_generated(GENERATED, generated, allow_empty=g.filter and generated is not eval_set)
+            if len(generated):
+                save_grid(generated, f"{PLOTS}/generate/{generated.name}.png")
+            else:
+                print(f"WARNING generate: generate.filter dropped every image of the {generated.name!r} arm: it "
+                      f"fine-tunes on train alone", file=sys.stderr, flush=True)
         write_manifest(f"{GENERATED}/manifest.csv", sets)
 
         device = resolve_device(p.baseline.device)

@@ -301,6 +301,12 @@ def test_generator_check_trusts_a_decoder_whose_neutral_images_are_of_their_clas
     check = generator_check(wrong, out, CLASSES, threshold=0.5)
     assert not check["trusted"] and check["neutral_clip_class_accuracy"] == 0.0
     assert check["per_class"] == {"circle": 0.0}  # square has no SVM, hence no evaluation images
+    # an arm the decoder draws as noise is untrusted even when the neutral images are fine
+    labels = np.array([0, 0, 1, 1])
+    arms = {"generic": (labels, labels), "direction": (np.array([1, 1, 0, 1]), labels)}
+    check = generator_check(right, out, CLASSES, threshold=0.5, arms=arms)
+    assert check["arms_clip_class_accuracy"] == {"generic": 1.0, "direction": 0.25}
+    assert check["untrusted_arms"] == ["direction"] and not check["trusted"]
 
 
 def test_keep_on_class_drops_off_class_images_and_renumbers_the_manifest():
@@ -322,3 +328,13 @@ def test_clip_class_predictions_pick_the_nearest_class_prompt():
     got = clip_class_predictions(lambda x: fake_image_embeds, embed_texts, prompts, images)
     np.testing.assert_array_equal(got, [1, 0, 1])
     assert len(clip_class_predictions(lambda x: x, embed_texts, prompts, images[:0])) == 0
+
+
+def test_a_set_the_filter_emptied_is_saved_only_when_allowed(tmp_path):
+    arm = generate_generic(FakeDecoder(), embed_texts, CLASSES, ["a photo of a circle", "a photo of a square"], 2, 0)
+    empty = keep_on_class(arm, 1 - arm.labels)
+    assert len(empty) == 0
+    with pytest.raises(ValueError, match="no images to save"):
+        save_generated(tmp_path, empty)
+    split = load_split(tmp_path, save_generated(tmp_path, empty, allow_empty=True).stem)
+    assert len(split) == 0 and split.images.shape[1:] == arm.images.shape[1:]

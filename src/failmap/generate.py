@@ -466,18 +466,25 @@ def clip_class_predictions(embed_images: Callable[[np.ndarray], np.ndarray], emb
 
 
 def generator_check(predicted: np.ndarray, eval_set: GeneratedSet, class_names: Sequence[str],
-                    threshold: float) -> dict:
+                    threshold: float, arms: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict:
     """Does the decoder draw the classes at all? The share of neutral evaluation
     images (decoded from each class's reference embedding) that CLIP zero-shot
-    recognises as their class, against ``threshold``. Below it the synthetic
-    arms train on images that are not of their label: ``trusted`` is False."""
+    recognises as their class, against ``threshold``; and the same share for
+    each training arm (``arms``: name -> (CLIP's classes, the labels)), whose
+    conditions may lie where the decoder draws worse (a direction's pole).
+    ``trusted`` is False when the neutral images or any arm fall below it:
+    the synthetic arms then train on images that are not of their label."""
     neutral = eval_set.mask(side="neutral")
     labels = eval_set.labels[neutral]
     hits = predicted[neutral] == labels
     recognised = float(hits.mean()) if len(labels) else None
+    per_arm = {name: float(np.mean(pred == lab)) if len(lab) else None for name, (pred, lab) in (arms or {}).items()}
+    untrusted = sorted(name for name, v in per_arm.items() if v is None or v < threshold)
     return {"neutral_clip_class_accuracy": recognised, "threshold": float(threshold),
             "per_class": {c: float(hits[labels == k].mean()) for k, c in enumerate(class_names) if (labels == k).any()},
-            "trusted": bool(recognised is not None and recognised >= threshold), "n": int(len(labels))}
+            "arms_clip_class_accuracy": per_arm, "untrusted_arms": untrusted,
+            "trusted": bool(recognised is not None and recognised >= threshold and not untrusted),
+            "n": int(len(labels))}
 
 
 def keep_on_class(generated: GeneratedSet, predicted: np.ndarray) -> GeneratedSet:
@@ -489,10 +496,12 @@ def keep_on_class(generated: GeneratedSet, predicted: np.ndarray) -> GeneratedSe
 
 # ------------------------------------------------------------ saving
 
-def save_generated(folder: str | Path, generated: GeneratedSet) -> Path:
+def save_generated(folder: str | Path, generated: GeneratedSet, allow_empty: bool = False) -> Path:
     """``<folder>/<name>.npz`` in the prepared-split format (images, labels,
-    ids, conditioning captions), so later stages read it with ``load_split``."""
-    if not len(generated):
+    ids, conditioning captions), so later stages read it with ``load_split``.
+    ``allow_empty``: a set the CLIP filter emptied is saved with no images
+    (its arm then fine-tunes on train alone) instead of refused."""
+    if not len(generated) and not allow_empty:
         raise ValueError(f"set {generated.name!r} has no images to save (every class skipped?)")
     split = Split(images=generated.images, labels=generated.labels, ids=generated.ids,
                   captions=np.array([r["caption"] for r in generated.rows], dtype=str))
