@@ -61,23 +61,13 @@ class CorpusSpec:
         return cls(shapes=list(SHAPES), colours=list(COLOUR_RGB), contexts=list(CONTEXT_PHRASE), **kwargs)
 
 
-def random_caption(shape: str, colour: str, context: str, size_word: str, rng: np.random.Generator) -> str:
-    """A caption with words dropped at random (size half the time, colour and
-    context a fifth), so that short prompts ("a photo of a star") are in the
-    distribution CLIP and the decoder learn."""
-    from failmap.world import caption_for
-    drop = rng.random(3)
-    return caption_for(shape, None if drop[1] < 0.2 else colour, None if drop[2] < 0.2 else context,
-                       None if drop[0] < 0.5 else size_word)
-
-
 def render_corpus(spec: CorpusSpec, n: int, seed: int, stream: int = 0, desc: str = "foundation corpus"):
     """n images with every attribute uniform and independent (``stream``: an
     independent draw for the same seed, e.g. 0 train, 1 held out).
 
     Returns (images uint8 (n, S, S, 3), captions (n,), rows): one dict per
     image with its shape, colour, context, size and noise."""
-    from failmap.world import render
+    from failmap.world import random_caption, render
     if n < 1:
         raise ValueError(f"corpus size must be >= 1, got {n}")
     if not (spec.shapes and spec.colours and spec.contexts):
@@ -287,26 +277,25 @@ def built_dir(name: str) -> Path:
     return Path(BUILD_DIR) / name
 
 
-def publish(name: str) -> dict:
-    """Copy a built model (checked against its card) to models/pretrained/; returns the card."""
+def _copy_checked(source: Path, dest: str | Path) -> dict:
+    """Replace ``dest`` with ``source`` after checking ``source`` against its card; returns the card."""
     import shutil
-    card = verify_card(built_dir(name))
-    dest = shipped_dir(name)
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(built_dir(name), dest)
-    verify_card(dest)
-    return card
-
-
-def install_shipped(name: str, dest: str | Path) -> dict:
-    """Copy a shipped foundation model into a pipeline folder (as a hub client
-    fills its cache) after checking it against its card; returns the card."""
-    import shutil
-    source = shipped_dir(name)
     card = verify_card(source)
     dest = Path(dest)
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(source, dest)
     return card
+
+
+def publish(name: str) -> dict:
+    """Copy a built model (checked against its card) to models/pretrained/; returns the card."""
+    card = _copy_checked(built_dir(name), shipped_dir(name))
+    verify_card(shipped_dir(name))
+    return card
+
+
+def install_shipped(name: str, dest: str | Path) -> dict:
+    """Copy a shipped foundation model into a pipeline folder (as a hub client
+    fills its cache) after checking it against its card; returns the card."""
+    return _copy_checked(shipped_dir(name), dest)

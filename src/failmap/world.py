@@ -194,6 +194,15 @@ def caption_for(shape: str, colour: str | None, context: str | None, size_word: 
     return " ".join(words)
 
 
+def random_caption(shape: str, colour: str, context: str, size_word: str, rng: np.random.Generator) -> str:
+    """A corpus caption with words dropped at random (size half the time, colour
+    and context a fifth), so that short prompts ("a photo of a star") are in the
+    distribution CLIP and the decoder learn."""
+    drop = rng.random(3)
+    return caption_for(shape, None if drop[1] < 0.2 else colour, None if drop[2] < 0.2 else context,
+                       None if drop[0] < 0.5 else size_word)
+
+
 def choose_planted(classes: list[str], values: list[str], seed: int) -> list[str]:
     """One planted value per class drawn from the seed, distinct while values last."""
     rng = np.random.default_rng([seed, 7])
@@ -254,11 +263,8 @@ def sample_split(name: str, n: int, *, classes, colours, contexts, planted_attri
         angle = float(rng.uniform(0, 2 * np.pi))
         images[i] = render(classes[k], colour, context, size_frac, cx, cy, angle, noise, rng, side)
         size_word = "small" if size_frac < (min_size + max_size) / 2 else "large"
-        if name == CORPUS:  # drop words at random so short prompts are in-distribution for CLIP
-            drop = rng.random(3)
-            captions.append(caption_for(classes[k], None if drop[1] < 0.2 else colour,
-                                        None if drop[2] < 0.2 else context,
-                                        None if drop[0] < 0.5 else size_word))
+        if name == CORPUS:
+            captions.append(random_caption(classes[k], colour, context, size_word, rng))
         else:
             captions.append(caption_for(classes[k], colour, context, size_word))
         rows.append(dict(id=f"world/{name}/{i:06d}", split=name, label=k, class_name=classes[k],
