@@ -40,8 +40,10 @@ def main():
                                          n_captions=g.n_captions, references=references, weight=g.caption_weight,
                                          **decode))
         if "direction" in p.finetune.arms:
-            sets.append(generate_direction(decoder, classes, references, svms, g.alpha, n, seed, **decode))
-        eval_set = generate_eval(decoder, classes, references, svms, g.eval_alphas, g.n_eval_per_class, seed, **decode)
+            sets.append(generate_direction(decoder, classes, references, svms, g.alpha, n, seed, inputs.extents,
+                                           **decode))
+        eval_set = generate_eval(decoder, classes, references, svms, g.eval_alphas, g.n_eval_per_class, seed,
+                                 inputs.extents, **decode)
 
         predicted = {s.name: clip_class_predictions(embedder.embed_images, embedder.embed_texts, refs, s.images)
                      for s in sets + [eval_set]}

@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from failmap.data import load_split
-from failmap.decoder import normalize, slerp
+from failmap.decoder import angles_towards, normalize, rotate_towards, slerp
 from failmap.generate import (class_reference_embeddings, clip_class_predictions, decoded_decision_report, derive_seed,
+                              direction_extents,
                               generate_caption, generate_direction, generate_eval, generate_generic, generator_check,
                               hard_neutral_easy_report, keep_on_class, read_manifest, sample_reference_embeddings,
                               save_generated, save_grid, write_manifest)
@@ -155,6 +156,45 @@ def test_direction_moves_the_reference_towards_the_hard_pole():
         generate_direction(dec, CLASSES, REFS[:1], SVMS, alpha=0.4, n_per_class=2, base_seed=1)
     with pytest.raises(ValueError, match="alpha"):
         generate_direction(dec, CLASSES, REFS, SVMS, alpha=1.5, n_per_class=2, base_seed=1)
+
+
+def test_extents_measure_how_far_the_class_images_reach_along_the_direction():
+    # class 0: reference between e0 and e1, hard pole -e0; its images lie at known angles along that great circle
+    ref = REFS[0]
+    hard_pole = -SVMS[0].direction_raw
+    angles = np.radians(np.linspace(-10, 30, 41))      # -10 deg (easy side) .. +30 deg (hard side)
+    images = rotate_towards(np.tile(ref, (len(angles), 1)), hard_pole, np.abs(angles))
+    images[angles < 0] = rotate_towards(np.tile(ref, ((angles < 0).sum(), 1)), -hard_pole, -angles[angles < 0])
+    np.testing.assert_allclose(angles_towards(images, ref, hard_pole), angles, atol=1e-5)
+    labels = np.zeros(len(angles), int)
+    extents = direction_extents(SVMS, REFS, np.vstack([images, REFS[1:]]), np.append(labels, 1), quantile=0.9)
+    assert list(extents) == [0]  # class 1 has no SVM
+    hard, easy = extents[0]
+    np.testing.assert_allclose([np.degrees(hard), np.degrees(easy)], [26.0, 6.0], atol=0.01)
+    with pytest.raises(ValueError, match="quantile"):
+        direction_extents(SVMS, REFS, images, labels, quantile=0.4)
+    with pytest.raises(ValueError, match="no image embeddings"):
+        direction_extents(SVMS, REFS, images[:0], labels[:0])
+
+
+def test_extent_walk_stops_where_the_class_images_end():
+    extents = {0: (np.radians(20.0), np.radians(5.0))}
+    dec = FakeDecoder()
+    out = generate_direction(dec, CLASSES, REFS, SVMS, alpha=1.0, n_per_class=3, base_seed=1, extents=extents)
+    hard_end = rotate_towards(REFS[0], -SVMS[0].direction_raw, np.radians(20.0))
+    expected = np.clip(hard_end[:3] + noise(derive_seed(1, "direction", "circle"), 3), -1, 1)
+    np.testing.assert_allclose(colour_of(out.images), expected, atol=0.01)
+    assert np.degrees(np.arccos(hard_end @ REFS[0])) == pytest.approx(20.0, abs=1e-3)
+    ev = generate_eval(FakeDecoder(), CLASSES, REFS, SVMS, alphas=[0.5], n_per_class=2, base_seed=2, extents=extents)
+    for side, deg in (("hard", 10.0), ("easy", 2.5)):
+        v = slerp(REFS[0], rotate_towards(REFS[0], (1 if side == "hard" else -1) * -SVMS[0].direction_raw,
+                                          np.radians(2 * deg)), 0.5)
+        assert np.degrees(np.arccos(np.clip(v @ REFS[0], -1, 1))) == pytest.approx(deg, abs=1e-3)
+        u = noise(derive_seed(2, "eval", "circle"), 2)
+        np.testing.assert_allclose(colour_of(ev.images[ev.mask(side=side, alpha=0.5)]),
+                                   np.clip(v[:3] + u, -1, 1), atol=0.01)
+    with pytest.raises(ValueError, match="no entry in extents"):
+        generate_direction(FakeDecoder(), CLASSES, REFS, SVMS, alpha=1.0, n_per_class=1, base_seed=1, extents={})
 
 
 def test_direction_refuses_an_svm_of_another_space():

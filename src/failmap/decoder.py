@@ -82,6 +82,33 @@ def slerp(a: np.ndarray, b: np.ndarray, alpha) -> np.ndarray:
     return normalize(wa * a + wb * b, "slerp result")
 
 
+def rotate_towards(a: np.ndarray, b: np.ndarray, angle) -> np.ndarray:
+    """Unit ``a`` turned by ``angle`` radians along the great circle towards ``b``.
+
+    Unlike ``slerp``, the distance travelled is given in radians, not as a
+    share of the angle between ``a`` and ``b``: a direction far from every
+    image embedding (an SVM normal) still takes ``a`` only as far as asked.
+    ``a`` (N, D) or (D,), ``b`` (D,) or (N, D), ``angle`` a scalar or one per row."""
+    a, b = normalize(a, "a"), normalize(b, "b")
+    tangent = b - np.sum(a * b, axis=-1, keepdims=True) * a
+    if np.any(np.linalg.norm(tangent, axis=-1) < 1e-6):
+        raise ValueError("rotate_towards a parallel vector is undefined (no great circle is singled out)")
+    tangent = normalize(tangent, "tangent")
+    angle = np.asarray(angle, dtype=np.float32)
+    if angle.ndim == 1:
+        angle = angle[:, None]
+    return normalize(np.cos(angle) * a + np.sin(angle) * tangent, "rotated")
+
+
+def angles_towards(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N,) signed angle (radians) of each row of ``x`` along the great circle
+    from ``a`` towards ``b``: positive on ``b``'s side of ``a``, measured in
+    the plane of ``a`` and ``b`` (the other components of ``x`` ignored)."""
+    x, a, b = normalize(x, "x"), normalize(a, "a"), normalize(b, "b")
+    tangent = normalize(b - float(a @ b) * a, "tangent")
+    return np.arctan2(x @ tangent, x @ a)
+
+
 @dataclass(frozen=True)
 class ModalityBridge:
     """Move text embeddings into the image-embedding cone (see module docstring)."""

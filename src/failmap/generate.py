@@ -54,7 +54,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from failmap.data import Split, save_split
-from failmap.decoder import check_compatible, load_decoder, slerp
+from failmap.decoder import angles_towards, check_compatible, load_decoder, normalize, rotate_towards, slerp
 from failmap.io import atomic_path, read_json
 from failmap.svm import ClassSVM, Skip, decision_values, load_svms
 
@@ -64,6 +64,8 @@ SIDES = ("hard", "neutral", "easy")
 MANIFEST_FIELDS = ("id", "set", "class", "label", "side", "alpha", "caption", "seed", "noise_index", "file", "index")
 
 EmbedTexts = Callable[[list[str]], np.ndarray]
+WALKS = ("extent", "normal")
+EXTENT_QUANTILE = 0.95  # alpha 1 of ``walk: extent``: as far as all but 5 % of the class's own images reach
 
 
 def derive_seed(base_seed: int, *parts) -> int:
@@ -208,6 +210,55 @@ def _hard_pole(class_svm: ClassSVM | Skip, dim: int, class_name: str) -> np.ndar
     return -direction.astype(np.float32)  # direction_raw points to the easy side
 
 
+def direction_extents(svms: Mapping[int, ClassSVM | Skip], references: np.ndarray, image_embeds: np.ndarray,
+                      labels: np.ndarray, quantile: float = EXTENT_QUANTILE) -> dict[int, tuple[float, float]]:
+    """Per class with an SVM: how far its own images reach along its direction.
+
+    (hard, easy) angles in radians along the great circle from the class
+    reference towards the hard pole and towards the easy pole: the
+    ``quantile`` of the signed angles of the class's image embeddings (the
+    stage passes the validation split, the one the SVM was fitted on). The
+    walk of ``walk: extent`` ends there at alpha 1, inside the region of the
+    space that real images of the class occupy, where the decoder has seen
+    conditions; the SVM's unit normal itself lies far outside it (measured on
+    the default world: the shipped decoder turns slerp weight 0.3 towards it
+    into noise). A side no image reaches gets angle 0 (no walk)."""
+    labels = np.asarray(labels)
+    if not 0.5 < quantile < 1.0:
+        raise ValueError(f"quantile must lie in (0.5, 1), got {quantile}")
+    references = _check_references(references, len(references), np.asarray(image_embeds).shape[-1])
+    out = {}
+    for k, class_svm in svms.items():
+        pole = _hard_pole(class_svm, references.shape[2], str(k))
+        if isinstance(pole, str):
+            continue
+        rows = np.asarray(image_embeds)[labels == k]
+        if not len(rows):
+            raise ValueError(f"class {k} has an SVM but no image embeddings to measure its extent on")
+        angles = angles_towards(rows, _mean_reference(references[k]), pole)
+        out[k] = (max(0.0, float(np.quantile(angles, quantile))), max(0.0, float(-np.quantile(angles, 1 - quantile))))
+    return out
+
+
+def _mean_reference(references_k: np.ndarray) -> np.ndarray:
+    return normalize(np.asarray(references_k).mean(0), "class reference")
+
+
+def _poles(class_svm: ClassSVM | Skip, references_k: np.ndarray, extents: Mapping[int, tuple[float, float]] | None,
+           k: int, dim: int, class_name: str) -> tuple[np.ndarray, np.ndarray] | str:
+    """(hard pole, easy pole) of a class, or why it has none: the SVM's unit
+    normal and its opposite (``extent`` None, the reference's walk), or the
+    points its own images reach on either side (``direction_extents``)."""
+    pole = _hard_pole(class_svm, dim, class_name)
+    if isinstance(pole, str) or extents is None:
+        return pole if isinstance(pole, str) else (pole, -pole)
+    if k not in extents:
+        raise ValueError(f"class {class_name!r} has an SVM but no entry in extents (direction_extents)")
+    reference = _mean_reference(references_k)
+    hard, easy = extents[k]
+    return rotate_towards(reference, pole, hard), rotate_towards(reference, -pole, easy)
+
+
 def _check_references(references: np.ndarray, n_classes: int, dim: int) -> np.ndarray:
     """(n_classes, m, dim) float32: m references per class (m = 1 for class means)."""
     references = np.asarray(references, dtype=np.float32)
@@ -295,12 +346,14 @@ def generate_caption(decoder, embed_texts: EmbedTexts, class_names: Sequence[str
 
 def generate_direction(decoder, class_names: Sequence[str], references: np.ndarray,
                        svms: Mapping[int, ClassSVM | Skip], alpha: float, n_per_class: int, base_seed: int,
-                       **decode_kwargs) -> GeneratedSet:
+                       extents: Mapping[int, tuple[float, float]] | None = None, **decode_kwargs) -> GeneratedSet:
     """``n_per_class`` images per class from slerp(reference, hard pole, alpha).
 
     ``references``: (n_classes, D), one start per class (``class_reference_
     embeddings``), or (n_classes, m, D), image i starting from reference i mod m
-    (``sample_reference_embeddings``)."""
+    (``sample_reference_embeddings``). ``extents`` (``direction_extents``):
+    the hard pole is the point the class's own images reach, so alpha is a
+    share of their extent; None: the SVM's unit normal (the reference's walk)."""
     n = _check_count(n_per_class, "n_per_class")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1] (a slerp weight), got {alpha}")
@@ -308,11 +361,11 @@ def generate_direction(decoder, class_names: Sequence[str], references: np.ndarr
     references = _check_references(references, len(class_names), decoder.dim)
     out = _Builder("direction")
     for k, name in enumerate(class_names):
-        pole = _hard_pole(svms[k], decoder.dim, name)
-        if isinstance(pole, str):
-            out.skip(name, pole)
+        poles = _poles(svms[k], references[k], extents, k, decoder.dim, name)
+        if isinstance(poles, str):
+            out.skip(name, poles)
             continue
-        conditions = slerp(_cycled(references[k], n), pole, alpha)
+        conditions = slerp(_cycled(references[k], n), poles[0], alpha)
         seed = derive_seed(base_seed, "direction", name)
         images = decoder.decode_images(conditions, seed=seed, **decode_kwargs)
         out.add(images, class_name=name, label=k, side="hard", alpha=float(alpha), captions=[""] * n, seed=seed,
@@ -321,10 +374,12 @@ def generate_direction(decoder, class_names: Sequence[str], references: np.ndarr
 
 
 def generate_eval(decoder, class_names: Sequence[str], references: np.ndarray, svms: Mapping[int, ClassSVM | Skip],
-                  alphas: Sequence[float], n_per_class: int, base_seed: int, **decode_kwargs) -> GeneratedSet:
+                  alphas: Sequence[float], n_per_class: int, base_seed: int,
+                  extents: Mapping[int, tuple[float, float]] | None = None, **decode_kwargs) -> GeneratedSet:
     """Per class: ``n_per_class`` neutral images (alpha 0) and, for every alpha,
     as many hard (towards the hard pole) and easy (towards the easy pole) ones,
-    all from the same noise (see the module docstring)."""
+    all from the same noise (see the module docstring); ``extents`` as for
+    ``generate_direction``."""
     n = _check_count(n_per_class, "n_per_class")
     alphas = [float(a) for a in alphas]
     if not alphas or any(not 0.0 < a <= 1.0 for a in alphas) or len(set(alphas)) != len(alphas):
@@ -334,15 +389,16 @@ def generate_eval(decoder, class_names: Sequence[str], references: np.ndarray, s
     references = _check_references(references, len(class_names), decoder.dim)
     out = _Builder(EVAL_SET)
     for k, name in enumerate(class_names):
-        pole = _hard_pole(svms[k], decoder.dim, name)
-        if isinstance(pole, str):
-            out.skip(name, pole)
+        poles = _poles(svms[k], references[k], extents, k, decoder.dim, name)
+        if isinstance(poles, str):
+            out.skip(name, poles)
             continue
+        hard_pole, easy_pole = poles
         seed = derive_seed(base_seed, EVAL_SET, name)
         starts = _cycled(references[k], n)
         jobs = [("neutral", 0.0, starts)]
         for a in alphas:
-            jobs += [("hard", a, slerp(starts, pole, a)), ("easy", a, slerp(starts, -pole, a))]
+            jobs += [("hard", a, slerp(starts, hard_pole, a)), ("easy", a, slerp(starts, easy_pole, a))]
         for side, a, conditions in jobs:
             images = decoder.decode_images(conditions, seed=seed, **decode_kwargs)
             out.add(images, class_name=name, label=k, side=side, alpha=a, captions=[""] * n, seed=seed,
@@ -360,12 +416,15 @@ class GenerationInputs:
     svms: dict
     hard_captions: dict[int, list[str]]
     references: np.ndarray  # (n_classes, D) class reference embeddings (train split)
+    extents: dict[int, tuple[float, float]] | None  # direction_extents on val (walk: extent), None (walk: normal)
 
 
 def load_generation_inputs(p, meta: dict) -> GenerationInputs:
     """The embedder and decoder the params name (checked to share one space),
-    the SVMs, each class's hard captions (hardest first) and the class
-    reference embeddings, from the pipeline's output folders."""
+    the SVMs, each class's hard captions (hardest first), the class
+    reference embeddings and, for ``generate.walk: extent``, how far each
+    class's validation images reach along its direction, from the pipeline's
+    output folders."""
     from failmap.embedder import load_embedder  # open_clip: seconds to import, only for this
     from failmap.embeddings import load_embeddings
     from failmap.predictions import load_predictions
@@ -383,7 +442,12 @@ def load_generation_inputs(p, meta: dict) -> GenerationInputs:
     train_pred = load_predictions(f"{BASELINE_PREDICTIONS}/train.csv")
     references = class_reference_embeddings(load_embeddings(EMBEDDINGS, "train", train_pred["id"]),
                                             train_pred["label"], len(classes))
-    return GenerationInputs(embedder, decoder, svms, hard_captions, references)
+    extents = None
+    if p.generate.walk == "extent":
+        val_pred = load_predictions(f"{BASELINE_PREDICTIONS}/val.csv")
+        extents = direction_extents(svms, references, load_embeddings(EMBEDDINGS, "val", val_pred["id"]),
+                                    val_pred["label"])
+    return GenerationInputs(embedder, decoder, svms, hard_captions, references, extents)
 
 
 # ------------------------------------------------------------ baseline check

@@ -177,10 +177,11 @@ class Caption:
 @dataclass(frozen=True)
 class Generate:
     n_per_class: int = _p(150, ge=1)
-    alpha: float = _p(0.5, gt=0, le=1)
+    walk: Literal["extent", "normal"] = "extent"
+    alpha: float = _p(1.0, gt=0, le=1)
     n_captions: int = _p(1, ge=1)
     caption_weight: float = _p(0.6, gt=0, le=1)
-    eval_alphas: list[float] = _p([0.1, 0.3, 0.5], gt=0, le=1, min_len=1, unique=True)
+    eval_alphas: list[float] = _p([0.25, 0.5, 1.0], gt=0, le=1, min_len=1, unique=True)
     n_eval_per_class: int = _p(16, ge=1)
     min_class_recognition: float = _p(0.5, ge=0, le=1)
     filter: bool = False
