@@ -58,9 +58,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from failmap.data import load_meta, load_split
-    from failmap.decoder import check_compatible, load_decoder
+    from failmap.decoder import check_compatible
     from failmap.decoder_eval import decoder_report
     from failmap.decoder_train import train_decoder
+    from failmap.decoders import load_decoder
     from failmap.embedder import load_embedder
     from failmap.world import CONTEXT_PHRASE
 

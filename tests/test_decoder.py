@@ -12,9 +12,10 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # everything below loads from local folders
 
-from failmap.decoder import (EmbeddingDecoderPipeline, ModalityBridge, check_compatible, load_decoder,  # noqa: E402
+from failmap.decoder import (EmbeddingDecoderPipeline, ModalityBridge, check_compatible,  # noqa: E402
                              normalize, slerp)
 from failmap.decoder_train import build_unet, train_decoder  # noqa: E402
+from failmap.decoders import load_decoder  # noqa: E402
 
 torch.set_num_threads(1)
 DIM = 8

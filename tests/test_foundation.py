@@ -13,9 +13,10 @@ import pytest
 import torch
 import yaml
 
-from failmap import foundation
-from failmap.decoder import EmbeddingDecoderPipeline, load_decoder
+from failmap import foundation, shipped
+from failmap.decoder import EmbeddingDecoderPipeline
 from failmap.decoder_train import train_decoder
+from failmap.decoders import load_decoder
 from failmap.embedder import SHIPPED_CLIP_WEIGHTS, load_embedder, register_config, world_clip_paths
 from failmap.foundation import (CLIP_NAME, DECODER_NAME, CardMismatch, CorpusSpec, install_shipped,
                                 render_corpus, shipped_dir, uncovered, verify_card, write_card)
@@ -165,7 +166,7 @@ def test_shipped_decoder_loads_through_from_pretrained_and_draws(tmp_path):
 def test_install_refuses_a_tampered_shipped_model(tmp_path, monkeypatch):
     fake_root = tmp_path / "repo"
     shutil.copytree(shipped_dir(CLIP_NAME), fake_root / foundation.PRETRAINED_DIR / CLIP_NAME)
-    monkeypatch.setattr(foundation, "repo_root", lambda: fake_root)
+    monkeypatch.setattr(shipped, "repo_root", lambda: fake_root)
     install_shipped(CLIP_NAME, tmp_path / "ok")
     weights = fake_root / foundation.PRETRAINED_DIR / CLIP_NAME / SHIPPED_CLIP_WEIGHTS
     data = bytearray(weights.read_bytes())
@@ -178,7 +179,7 @@ def test_install_refuses_a_tampered_shipped_model(tmp_path, monkeypatch):
 
 def test_publish_copies_a_built_model_checked_against_its_card(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the foundation pipeline's stages run in foundation/
-    monkeypatch.setattr(foundation, "repo_root", lambda: tmp_path / "repo")
+    monkeypatch.setattr(shipped, "repo_root", lambda: tmp_path / "repo")
     built = foundation.built_dir("m")
     built.mkdir(parents=True)
     (built / "weights.bin").write_bytes(b"w")

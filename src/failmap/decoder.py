@@ -15,7 +15,9 @@ Every decoder the pipeline can use answers the same calls:
 
 Two implementations: ``EmbeddingDecoderPipeline`` (this module), the small
 diffusion model the embedded world trains for itself (``failmap.decoder_train``),
-and ``failmap.decoder_unclip.UnclipDecoder`` around pretrained Stable unCLIP.
+and ``failmap.decoder_unclip.UnclipDecoder`` around pretrained Stable unCLIP,
+which builds on the helpers here. ``failmap.decoders.load_decoder`` picks one
+(it lives there, not here, so that this module does not import its own user).
 
 The modality gap. CLIP's image and text embeddings of the same content are
 close in angle relative to other content, but the two modalities sit in
@@ -33,15 +35,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from tqdm.auto import tqdm
-
-SOURCES = ("world", "corpus", "unclip")  # world: shipped; corpus: trained in the pipeline
 
 
 # ------------------------------------------------------------- sphere helpers
@@ -316,38 +315,3 @@ def check_compatible(embedder_space: str, embedder_dim: int, decoder) -> None:
     if decoder.space is not None and decoder.space != embedder_space:
         raise ValueError(f"embedding space mismatch: the embedder's space is {embedder_space!r} but the decoder "
                          f"was trained on {decoder.space!r} (both {embedder_dim}-dim); {hint}")
-
-
-def load_decoder(source: str, model_dir_or_id: str | Path, text_model: str | Path | None = None,
-                 device: str = "auto", image_size: int | None = None, space: str | None = None,
-                 bridge: ModalityBridge | None = None):
-    """The decoder the params ask for.
-
-    source 'world': the ``EmbeddingDecoderPipeline`` folder the pretrain_decoder
-    stage saved (``text_model`` unused). source 'unclip': a Stable unCLIP
-    pipeline (hub id or local folder) for vectors and a Stable Diffusion
-    text-to-image pipeline (``text_model``) for captions, outputs resized to
-    ``image_size``; ``space`` declares its CLIP space when the model is not a
-    known hub id; ``bridge`` (``ModalityBridge.fit`` on embeddings of the
-    embedder's space) lets it decode text embeddings. The world decoder
-    carries its own bridge, fitted on its training corpus.
-    """
-    from failmap.device import resolve_device
-    dev = resolve_device(device)
-    if source in ("world", "corpus"):
-        if bridge is not None:
-            raise ValueError("the world decoder carries the bridge it was trained with; do not pass bridge=")
-        folder = Path(model_dir_or_id)
-        if not (folder / "model_index.json").is_file():
-            raise FileNotFoundError(f"no saved world decoder in {folder} (model_index.json missing): "
-                                    f"run the pretrain_decoder stage first")
-        pipe = EmbeddingDecoderPipeline.from_pretrained(folder, dtype=torch.float32).to(dev)  # shipped: float16
-        if image_size is not None and image_size != pipe.image_size:
-            raise ValueError(f"the world decoder in {folder} draws {pipe.image_size}px images but "
-                             f"{image_size}px were asked for; re-train it on the data's image size")
-        return pipe
-    if source == "unclip":
-        from failmap.decoder_unclip import UnclipDecoder
-        return UnclipDecoder.from_pretrained(model_dir_or_id, text_model=text_model, device=dev,
-                                             image_size=image_size, space=space, bridge=bridge)
-    raise ValueError(f"unknown decoder source '{source}': expected one of {SOURCES}")

@@ -54,7 +54,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from failmap.data import Split, save_split
-from failmap.decoder import angles_towards, check_compatible, load_decoder, normalize, rotate_towards, slerp
+from failmap.decoder import angles_towards, check_compatible, normalize, rotate_towards, slerp
+from failmap.decoders import load_decoder
 from failmap.io import atomic_path, read_json
 from failmap.svm import ClassSVM, Skip, decision_values, load_svms
 

@@ -447,7 +447,8 @@ def _check_foundation_models(p: Params) -> None:
     if p.decoder.source == "world" and p.clip.source != "world":
         raise _fail("decoder.source", "world", f"'corpus' or 'unclip' with clip.source {p.clip.source}: the "
                     f"shipped world decoder draws from the shipped world CLIP's embeddings (clip.source: world)")
-    from failmap.foundation import CARD, CLIP_NAME, read_json, shipped_dir, uncovered
+    from failmap.io import read_json
+    from failmap.shipped import CARD, CLIP_NAME, shipped_dir, uncovered
     card_path = shipped_dir(CLIP_NAME) / CARD
     if not card_path.is_file():
         raise _fail(shipped[0], "world", f"a shipped foundation model, but {card_path} is missing "
