@@ -14,7 +14,8 @@ def build(p):
                               n_train=w.n_train, n_val=w.n_val, n_test=w.n_test, n_pool=w.n_pool,
                               n_corpus=w.n_corpus, planted_attribute=w.planted_attribute,
                               planted_values=w.planted_values, train_rate=w.train_rate,
-                              eval_rate=w.eval_rate, confuser_rate=w.confuser_rate, noise=w.noise,
+                              eval_rate=w.eval_rate, confuser_rate=w.confuser_rate,
+                              eval_confuser_rate=w.eval_confuser_rate, noise=w.noise,
                               min_size=w.min_size, max_size=w.max_size,
                               min_contrast=w.min_contrast, seed=p.seed)
     if d.source == "cifar10":

@@ -111,6 +111,28 @@ def test_method_param_experiment_reruns_only_downstream_stages(repro, tmp_path):
     assert "topk2" in json.dumps(shown)
 
 
+def test_two_seed_study_queues_experiments_and_aggregates_them(repro, tmp_path):
+    """scripts/seed_study.py: one queued DVC experiment per seed, run by `dvc queue
+    start`, read back from `dvc exp show --json` into the study table and plot."""
+    work, env, _ = repro
+    study_repo = tmp_path / "study"
+    shutil.copytree(work, study_repo, symlinks=True)
+    git_env = dict(env, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+                   GIT_COMMITTER_EMAIL="t@t")
+    _run(["git", "add", "-A"], study_repo, git_env)
+    _run(["git", "commit", "-qm", "tiny pipeline"], study_repo, git_env)
+    _run([sys.executable, "scripts/seed_study.py", "--name", "tiny", "--seeds", "0", "1"], study_repo, git_env)
+    study = json.loads((study_repo / "metrics" / "study" / "tiny.json").read_text())
+    assert study["runs"] == ["tiny-seed0", "tiny-seed1"] and study["failed"] == []
+    gap = study["figures"]["planted gap, mean over classes"]
+    assert gap["n"] == 2 and set(gap["values"]) == {"tiny-seed0", "tiny-seed1"}
+    assert gap["low"] <= gap["mean"] <= gap["high"]
+    # each value is that experiment's own metric, not the workspace's
+    shown = json.loads(_run([sys.executable, "-m", "dvc", "exp", "show", "--json"], study_repo, git_env).stdout)
+    assert "tiny-seed1" in json.dumps(shown)
+    assert (study_repo / "plots" / "study" / "tiny.png").stat().st_size > 1000
+
+
 def test_default_path_runs_on_the_shipped_foundation_models(tmp_path):
     """clip.source / decoder.source world (the defaults): the pipeline trains no
     foundation model, installs the shipped ones and runs the generator check."""

@@ -124,9 +124,10 @@ def test_roc_rows_are_finite():
     rng = np.random.default_rng(3)
     hard = rng.random(100) < 0.3
     rows = roc_rows({"svm": -1.0 * hard + rng.normal(0, 0.5, 100), "confidence": rng.normal(size=100)}, hard, 11)
-    assert len(rows) == 22 and {r["method"] for r in rows} == {"svm", "confidence"}
+    assert len(rows) == 11 and all(set(r) == {"fpr", "svm", "confidence"} for r in rows)
     json.dumps(rows, allow_nan=False)
-    assert rows[10]["fpr"] == 1.0 and rows[10]["tpr"] == 1.0
+    assert rows[10] == {"fpr": 1.0, "svm": 1.0, "confidence": 1.0} and rows[0]["fpr"] == 0.0
+    assert all(a["svm"] <= b["svm"] for a, b in zip(rows, rows[1:]))  # a curve: tpr never falls
 
 
 def test_mean_over_classes_skips_undefined():

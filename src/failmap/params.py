@@ -81,6 +81,7 @@ class World:
     train_rate: float = _p(0.01, ge=0, le=1)
     eval_rate: float = _p(0.2, ge=0, le=1)
     confuser_rate: float = _p(0.6, ge=0, le=1)
+    eval_confuser_rate: Optional[float] = _p(None, ge=0, le=1)
     noise: float = _p(0.06, ge=0, le=1)
     min_size: float = _p(0.45, gt=0, le=1)
     max_size: float = _p(0.8, gt=0, le=1)

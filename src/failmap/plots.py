@@ -16,6 +16,8 @@ All writes go through ``atomic_path``: a crashed stage leaves no half file.
 """
 from __future__ import annotations
 
+import functools
+
 import csv
 import json
 import math
@@ -33,7 +35,16 @@ BACKGROUND = (255, 255, 255)
 TEXT_COLOUR = (0, 0, 0)
 
 
+@functools.lru_cache(maxsize=None)
 def _font(size: int):
+    """DejaVu Sans (shipped with matplotlib: dashes, arrows, Greek letters all
+    have glyphs, unlike Pillow's default font, which drew a box for a dash),
+    else Pillow's default."""
+    try:
+        from matplotlib import font_manager
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans", fallback_to_default=True), size)
+    except (ImportError, OSError, ValueError):
+        pass
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, ValueError, OSError, ImportError):  # Pillow without FreeType
@@ -137,6 +148,36 @@ def bar_plot(values: dict[str, float], errors: dict[str, float] | None, path: st
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
 
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+def interval_plot(table: dict[str, dict], path: str | Path, title: str) -> Path:
+    """A PNG with one row per figure of a study table ({name: mean, low, high,
+    values}): each run's value as a dot, the mean as a bar tick and its 95 %
+    interval as a line. Figures outside 0..1 (counts) are left to the table."""
+    from matplotlib.figure import Figure
+
+    rows = [(name, r) for name, r in table.items() if r.get("mean") is not None and 0.0 <= r["mean"] <= 1.0]
+    if not rows:
+        raise ValueError("interval_plot: no figure with a mean in 0..1")
+    fig = Figure(figsize=(8.0, 0.32 * len(rows) + 1.2), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    for y, (name, r) in enumerate(rows):
+        dots = [v for v in r.get("values", {}).values() if v is not None]
+        ax.plot(dots, [y] * len(dots), "o", color="#999999", markersize=3, zorder=2)
+        if r.get("low") is not None:
+            ax.plot([r["low"], r["high"]], [y, y], color="#4c72b0", linewidth=3, zorder=3)
+        ax.plot([r["mean"]], [y], "|", color="#c44e52", markersize=14, markeredgewidth=2, zorder=4)
+    ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("value (grey: one seed; red: mean; blue: 95 % interval of the mean)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -206,18 +206,21 @@ def roc_rows(scores_by_method: Mapping[str, np.ndarray], is_hard, n_points: int 
     """ROC curves for flagging hard images (wrong, or in the subpopulation) by
     low score, one per method, resampled on a fixed false-positive-rate grid
     so every value is finite (DVC writes sklearn's infinite first threshold as
-    non-JSON ``Infinity``). Rows: {"method", "fpr", "tpr"}."""
+    non-JSON ``Infinity``). One row per grid point, one column per method:
+    {"fpr", "<method>": tpr, ...}, the shape a DVC plot with ``y: [method, ...]``
+    draws as one curve per method."""
     grid = np.linspace(0.0, 1.0, n_points)
-    rows = []
+    rows = [{"fpr": round(float(f), 4)} for f in grid]
     for method, scores in scores_by_method.items():
+        if method == "fpr":
+            raise ValueError("a method cannot be called 'fpr': that is the x column")
         s = _scores(scores, f"scores of {method}")
         hard = _flags(is_hard, "is_hard", len(s))
         if hard.all() or not hard.any():
             raise ValueError(f"is_hard must contain both hard and easy images for an ROC curve ({method})")
         fpr, tpr, _ = roc_curve(hard, -s)
-        tpr_grid = np.interp(grid, fpr, tpr)
-        rows += [{"method": method, "fpr": round(float(f), 4), "tpr": round(float(t), 4)}
-                 for f, t in zip(grid, tpr_grid)]
+        for row, t in zip(rows, np.interp(grid, fpr, tpr)):
+            row[method] = round(float(t), 4)
     return rows
 
 

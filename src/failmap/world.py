@@ -227,7 +227,8 @@ def _attribute_probs(n_values: int, planted: int, rate: float, confuser_value: i
 
 def sample_split(name: str, n: int, *, classes, colours, contexts, planted_attribute, planted,
                  train_rate, eval_rate, confuser_rate, noise, min_size, max_size, seed,
-                 split_index: int, min_contrast: float = MIN_CONTRAST, side: int = 32) -> tuple[Split, list[dict]]:
+                 split_index: int, min_contrast: float = MIN_CONTRAST, side: int = 32,
+                 eval_confuser_rate: float | None = None) -> tuple[Split, list[dict]]:
     """Render one split. Classes are balanced; the planted attribute follows
     the split's bias (see module docstring); everything else is uniform."""
     rng = np.random.default_rng([seed, 1000 + split_index])
@@ -244,15 +245,17 @@ def sample_split(name: str, n: int, *, classes, colours, contexts, planted_attri
     captions, rows = [], []
     for i in tqdm(range(n), desc=f"world {name}", leave=False, mininterval=2):
         k = int(labels[i])
+        # the class whose confuser is k: class k carries that class's planted value often
+        confused = (k - 1) % n_cls
+        conf_value = planted_idx[confused] if planted_idx[confused] != planted_idx[k] else None
         if name == CORPUS:
             p = np.full(len(values), 1.0 / len(values))
         elif name == "train":
-            # the class whose confuser is k: class k carries that class's planted value often
-            confused = (k - 1) % n_cls
-            conf_value = planted_idx[confused] if planted_idx[confused] != planted_idx[k] else None
             p = _attribute_probs(len(values), planted_idx[k], train_rate, conf_value, confuser_rate)
         else:
-            p = _attribute_probs(len(values), planted_idx[k], eval_rate, None, 0.0)
+            # eval_confuser_rate None: the confuser's value gets the same share as every other value
+            p = _attribute_probs(len(values), planted_idx[k], eval_rate,
+                                 None if eval_confuser_rate is None else conf_value, eval_confuser_rate or 0.0)
         v = int(rng.choice(len(values), p=p))
         options = others[values[v]]  # the other attribute: uniform over the pairs with contrast
         other = options[int(rng.integers(len(options)))]
@@ -278,7 +281,8 @@ def sample_split(name: str, n: int, *, classes, colours, contexts, planted_attri
 
 def generate_world(*, classes, colours, contexts, n_train, n_val, n_test, n_pool, n_corpus,
                    planted_attribute, planted_values, train_rate, eval_rate, confuser_rate,
-                   noise, min_size, max_size, seed, min_contrast: float = MIN_CONTRAST) -> Prepared:
+                   noise, min_size, max_size, seed, min_contrast: float = MIN_CONTRAST,
+                   eval_confuser_rate: float | None = None) -> Prepared:
     """The whole world: train/val/test/pool/corpus splits, meta and ground truth."""
     for c in classes:
         if c not in SHAPES:
@@ -294,7 +298,8 @@ def generate_world(*, classes, colours, contexts, n_train, n_val, n_test, n_pool
     common = dict(classes=list(classes), colours=list(colours), contexts=list(contexts),
                   planted_attribute=planted_attribute, planted=planted, train_rate=train_rate,
                   eval_rate=eval_rate, confuser_rate=confuser_rate, noise=noise,
-                  min_size=min_size, max_size=max_size, seed=seed, min_contrast=min_contrast)
+                  min_size=min_size, max_size=max_size, seed=seed, min_contrast=min_contrast,
+                  eval_confuser_rate=eval_confuser_rate)
     splits, truth = {}, []
     sizes = dict(train=n_train, val=n_val, test=n_test, pool=n_pool, corpus=n_corpus)
     for index, (name, n) in enumerate(sizes.items()):

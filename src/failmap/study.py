@@ -1,0 +1,274 @@
+"""Multi-seed studies: the pipeline over several seeds as DVC experiments,
+aggregated into one table of means with 95 % intervals.
+
+One figure from one run is a draw: the same params on another seed or
+another CPU move the baseline, the failure directions and every arm's gain
+(README "Results"). A study queues one DVC experiment per seed
+(``dvc exp run --queue -S seed=N``), runs the queue (``dvc queue start``),
+reads the finished experiments back from ``dvc exp show --json`` and
+aggregates the figures of ``FIGURES`` over seeds: mean, standard deviation
+and a Student-t 95 % interval of the mean.
+
+    python scripts/seed_study.py --name context --seeds 0 1 2 3 4
+    python scripts/seed_study.py --name colour --seeds 0 1 2 3 4 -S world.planted_attribute=colour
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+ARMS = ("none", "generic", "caption", "direction", "pool_svm", "pool_random", "pool_confidence")
+STUDY_METRICS = "metrics/study"   # <name>.json: the table
+STUDY_PLOTS = "plots/study"       # <name>.png: the figures with their intervals
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    file: str                          # metrics file the experiment's figure is read from
+    read: Callable[[dict], float | None]
+    unit: str = ""
+
+
+def _at(*path: str) -> Callable[[dict], float | None]:
+    def read(d: dict):
+        for key in path:
+            if not isinstance(d, dict) or key not in d:
+                return None
+            d = d[key]
+        return None if d is None else float(d)
+    return read
+
+
+def _min_class_gap(baseline: dict) -> float | None:
+    per = (baseline.get("test") or {}).get("subpop", {}).get("per_class") or {}
+    gaps = [v.get("gap") for v in per.values() if isinstance(v, dict) and v.get("gap") is not None]
+    return float(min(gaps)) if gaps else None
+
+
+def _n_skipped(svm: dict) -> float | None:
+    return None if "skipped" not in svm else float(len(svm["skipped"] or {}))
+
+
+def _largest_alpha(generated: dict) -> str | None:
+    alphas = (generated.get("eval") or {}).get("alphas") or {}
+    return max(alphas, key=lambda a: float(a.removeprefix("alpha_")), default=None)
+
+
+def _decoded(side: str) -> Callable[[dict], float | None]:
+    def read(generated: dict):
+        if side == "neutral":
+            return _at("eval", "neutral", "accuracy")(generated)
+        alpha = _largest_alpha(generated)
+        return None if alpha is None else _at("eval", "alphas", alpha, side, "accuracy")(generated)
+    return read
+
+
+FIGURES: tuple[Figure, ...] = (
+    Figure("baseline test accuracy", "metrics/baseline.json", _at("test", "accuracy")),
+    Figure("planted gap, mean over classes", "metrics/baseline.json", _at("test", "subpop", "mean_gap")),
+    Figure("planted gap, smallest class", "metrics/baseline.json", _min_class_gap),
+    Figure("classes skipped (too few val errors)", "metrics/svm.json", _n_skipped),
+    Figure("planted subpopulation AP: SVM", "metrics/svm.json", _at("mean", "svm", "subpop_ap")),
+    Figure("planted subpopulation AP: confidence", "metrics/svm.json", _at("mean", "confidence", "subpop_ap")),
+    Figure("planted subpopulation AP: random", "metrics/svm.json", _at("mean", "random", "subpop_ap")),
+    Figure("top-3 hard captions name the planted value", "metrics/captions.json",
+           _at("planted_in_top3_hard", "fraction")),
+    *(Figure(f"{arm}: planted subpopulation accuracy", "metrics/evaluate.json",
+             _at("arms", arm, "hard_acc_gt", "mean")) for arm in ARMS),
+    *(Figure(f"{arm}: test accuracy", "metrics/evaluate.json", _at("arms", arm, "test_acc", "mean")) for arm in ARMS),
+    Figure("decoded eval images, baseline accuracy: hard", "metrics/generated.json", _decoded("hard")),
+    Figure("decoded eval images, baseline accuracy: neutral", "metrics/generated.json", _decoded("neutral")),
+    Figure("decoded eval images, baseline accuracy: easy", "metrics/generated.json", _decoded("easy")),
+)
+
+
+# ------------------------------------------------------------------ reading
+def experiments(exp_show: list, prefix: str) -> dict[str, dict]:
+    """{experiment name: its entry} for the experiments of ``dvc exp show --json``
+    whose name starts with ``prefix`` (the workspace and commits are skipped)."""
+    found: dict[str, dict] = {}
+
+    def walk(node):
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            name = node.get("name")
+            if isinstance(name, str) and name.startswith(prefix) and isinstance(node.get("data"), dict):
+                found[name] = node
+            for value in node.values():
+                if isinstance(value, (list, dict)):
+                    walk(value)
+    walk(exp_show)
+    return found
+
+
+def metrics_of(entry: dict) -> dict[str, dict]:
+    """{metrics file: its content} of one ``dvc exp show --json`` entry."""
+    out = {}
+    for file, value in (entry["data"].get("metrics") or {}).items():
+        if isinstance(value, dict) and isinstance(value.get("data"), dict):
+            out[file] = value["data"]
+    return out
+
+
+def seed_of(entry: dict) -> int | None:
+    for file in (entry["data"].get("params") or {}).values():
+        data = file.get("data") if isinstance(file, dict) else None
+        if isinstance(data, dict) and "seed" in data:
+            return int(data["seed"])
+    return None
+
+
+# ------------------------------------------------------------------ statistics
+def interval(values: Sequence[float], level: float = 0.95) -> dict:
+    """Mean, sample std and the Student-t interval of the mean of ``values``
+    (NaN-free); the interval is None for fewer than two values."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    if not n:
+        return dict(mean=None, std=None, low=None, high=None, n=0)
+    mean = float(x.mean())
+    if n < 2:
+        return dict(mean=mean, std=None, low=None, high=None, n=1)
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
+    return dict(mean=mean, std=std, low=mean - half, high=mean + half, n=n)
+
+
+def aggregate(runs: Mapping[str, dict[str, dict]], figures: Iterable[Figure] = FIGURES) -> dict:
+    """{figure name: mean, std, 95 % interval, n, and the value of every run}
+    from ``runs`` = {run name: {metrics file: content}}. A run that lacks a
+    figure (e.g. an arm it did not train) is left out of that figure's n."""
+    table = {}
+    for fig in figures:
+        values = {run: fig.read(files.get(fig.file) or {}) for run, files in runs.items()}
+        kept = [v for v in values.values() if v is not None and not math.isnan(v)]
+        table[fig.name] = dict(interval(kept), values=values)
+    return table
+
+
+def table_markdown(table: Mapping[str, dict], digits: int = 3) -> str:
+    def f(v):
+        return "-" if v is None else f"{v:.{digits}f}"
+    lines = ["| figure | mean | std | 95 % interval | n |", "|---|---|---|---|---|"]
+    for name, row in table.items():
+        ci = "-" if row["low"] is None else f"{f(row['low'])} .. {f(row['high'])}"
+        lines.append(f"| {name} | {f(row['mean'])} | {f(row['std'])} | {ci} | {row['n']} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ running
+def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"`dvc {' '.join(args)}` failed ({proc.returncode}):\n{proc.stderr.strip()}")
+    return proc
+
+
+def run_name(study: str, seed: int) -> str:
+    return f"{study}-seed{seed}"
+
+
+def queue_and_run(study: str, seeds: Sequence[int], overrides: Sequence[str] = (), jobs: int = 1,
+                  poll_seconds: float = 15.0) -> list[str]:
+    """Queue one experiment per seed (``-S seed=N`` plus ``overrides``), run the
+    queue with ``jobs`` workers and wait for it. Experiments of an earlier
+    study of the same name are removed first. Returns the names that failed."""
+    names = [run_name(study, s) for s in seeds]
+    _dvc("exp", "remove", *names, check=False)
+    for seed, name in zip(seeds, names):
+        sets = [arg for kv in (f"seed={seed}", *overrides) for arg in ("-S", kv)]
+        _dvc("exp", "run", "--queue", "-n", name, *sets)
+        print(f"queued {name}", flush=True)
+    _dvc("queue", "start", "-j", str(jobs))
+    start = time.time()
+    while True:
+        status = _dvc("queue", "status").stdout
+        rows = {line.split()[1]: line.split()[3] for line in status.splitlines()[1:]
+                if len(line.split()) >= 4 and line.split()[1] in names}
+        waiting = [n for n, s in rows.items() if s in ("Queued", "Running")]
+        print(f"[{time.time() - start:6.0f} s] " + ", ".join(f"{n}: {s}" for n, s in sorted(rows.items())), flush=True)
+        if rows and not waiting:
+            return sorted(n for n, s in rows.items() if s == "Failed")
+        time.sleep(poll_seconds)
+
+
+def collect(study: str) -> dict[str, dict[str, dict]]:
+    """{experiment name: {metrics file: content}} of the study's finished experiments."""
+    shown = json.loads(_dvc("exp", "show", "--json").stdout)
+    return {name: metrics_of(entry) for name, entry in sorted(experiments(shown, f"{study}-seed").items())}
+
+
+def write_study(study: str, table: dict, runs: Mapping[str, dict], failed: Sequence[str], overrides: Sequence[str],
+                metrics_dir: str = STUDY_METRICS, plots_dir: str = STUDY_PLOTS) -> Path:
+    from failmap.io import write_json
+    from failmap.plots import interval_plot
+
+    out = write_json(f"{metrics_dir}/{study}.json", dict(study=study, runs=sorted(runs), failed=list(failed),
+                                                           overrides=list(overrides), figures=table))
+    interval_plot(table, f"{plots_dir}/{study}.png", title=f"study {study!r}: mean and 95 % interval over "
+                                                           f"{len(runs)} seeds")
+    return out
+
+
+def log_study(study: str, table: dict, path: Path, tracking_uri: str, experiment: str) -> None:
+    """One MLflow run per study: mean, std and interval of every figure."""
+    from failmap.tracking import clean_key, tracking_enabled
+    if not tracking_enabled():
+        return
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=f"study-{study}"):
+        mlflow.set_tag("failmap.study", study)
+        for name, row in table.items():
+            for stat in ("mean", "std", "low", "high"):
+                if row[stat] is not None:
+                    mlflow.log_metric(clean_key(f"study.{name}.{stat}"), row[stat])
+        mlflow.log_artifact(str(path), "study")
+        png = Path(STUDY_PLOTS) / f"{study}.png"
+        if png.is_file():
+            mlflow.log_artifact(str(png), "study")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run the pipeline over several seeds as DVC experiments and "
+                                                 "aggregate them (mean, std, 95 % interval)")
+    parser.add_argument("--name", required=True, help="study name: experiments are <name>-seed<N>")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("-S", "--set-param", dest="overrides", action="append", default=[],
+                        help="a params override for every experiment (as dvc exp run -S)")
+    parser.add_argument("--jobs", type=int, default=1, help="queue workers (1 on a 2-core machine)")
+    parser.add_argument("--aggregate-only", action="store_true", help="read finished experiments, run nothing")
+    args = parser.parse_args(argv)
+    if len(set(args.seeds)) < 2:
+        parser.error("a study needs at least two distinct seeds")
+    failed = [] if args.aggregate_only else queue_and_run(args.name, args.seeds, args.overrides, args.jobs)
+    runs = collect(args.name)
+    if not runs:
+        print(f"no finished experiment named {args.name}-seed*: nothing to aggregate", file=sys.stderr)
+        return 1
+    table = aggregate(runs)
+    path = write_study(args.name, table, runs, failed, args.overrides)
+    from failmap.params import load_params
+    t = load_params("params.yaml").tracking
+    log_study(args.name, table, path, t.uri, t.experiment)
+    print(table_markdown(table))
+    if failed:
+        print(f"WARNING: experiments failed: {failed} (see `dvc queue logs <name>`)", file=sys.stderr)
+    return 1 if failed else 0

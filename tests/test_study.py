@@ -1,0 +1,82 @@
+"""The multi-seed study's reading and aggregation: known inputs give a known table."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from failmap.study import FIGURES, aggregate, experiments, interval, metrics_of, seed_of, table_markdown
+
+
+def entry(name, seed, gap, ap_svm, none_sub, direction_sub, hard=0.2, neutral=0.5, easy=0.7, skipped=None):
+    """One experiment as `dvc exp show --json` writes it (DVC 3)."""
+    metrics = {
+        "metrics/baseline.json": {"test": {"accuracy": 0.9, "subpop": {
+            "mean_gap": gap, "per_class": {"a": {"gap": gap - 0.05}, "b": {"gap": gap + 0.05}}}}},
+        "metrics/svm.json": {"mean": {"svm": {"subpop_ap": ap_svm}, "confidence": {"subpop_ap": 0.6},
+                                      "random": {"subpop_ap": 0.2}}, "skipped": skipped or {}},
+        "metrics/captions.json": {"planted_in_top3_hard": {"fraction": 1.0}},
+        "metrics/evaluate.json": {"arms": {"none": {"hard_acc_gt": {"mean": none_sub}, "test_acc": {"mean": 0.9}},
+                                           "direction": {"hard_acc_gt": {"mean": direction_sub},
+                                                         "test_acc": {"mean": 0.91}}}},
+        "metrics/generated.json": {"eval": {"neutral": {"accuracy": neutral}, "alphas": {
+            "alpha_0.5": {"hard": {"accuracy": 0.4}, "easy": {"accuracy": 0.6}},
+            "alpha_1": {"hard": {"accuracy": hard}, "easy": {"accuracy": easy}}}}},
+    }
+    return {"rev": f"{seed:040d}", "name": name, "data": {
+        "params": {"params.yaml": {"data": {"seed": seed, "world": {"n_train": 10}}}},
+        "metrics": {f: {"data": d} for f, d in metrics.items()}}}
+
+
+SHOW = [
+    {"rev": "workspace", "name": None, "data": {"metrics": {}, "params": {}}, "experiments": None},
+    {"rev": "abc", "name": "main", "data": {"metrics": {}, "params": {}}, "experiments": [
+        {"name": "s-seed0", "revs": [entry("s-seed0", 0, 0.20, 0.80, 0.60, 0.70)]},
+        {"name": "s-seed1", "revs": [entry("s-seed1", 1, 0.30, 0.90, 0.50, 0.70, skipped={"a": "few"})]},
+        {"name": "s-seed2", "revs": [entry("s-seed2", 2, 0.25, 0.85, 0.55, 0.64)]},
+        {"name": "other-seed0", "revs": [entry("other-seed0", 0, 0.9, 0.1, 0.1, 0.1)]},
+    ]},
+]
+
+
+def test_experiments_are_found_by_name_prefix_with_their_metrics_and_seed():
+    found = experiments(json.loads(json.dumps(SHOW)), "s-seed")
+    assert sorted(found) == ["s-seed0", "s-seed1", "s-seed2"]
+    assert seed_of(found["s-seed1"]) == 1
+    assert metrics_of(found["s-seed2"])["metrics/baseline.json"]["test"]["subpop"]["mean_gap"] == 0.25
+
+
+def test_interval_is_the_student_t_interval_of_the_mean():
+    r = interval([1.0, 2.0, 3.0])
+    assert r["mean"] == 2.0 and r["std"] == pytest.approx(1.0) and r["n"] == 3
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2)
+    assert r["low"] == pytest.approx(2.0 - half) and r["high"] == pytest.approx(2.0 + half)
+    assert interval([5.0]) == dict(mean=5.0, std=None, low=None, high=None, n=1)
+    assert interval([])["mean"] is None
+
+
+def test_aggregate_gives_the_known_table():
+    runs = {name: metrics_of(e) for name, e in experiments(SHOW, "s-seed").items()}
+    table = aggregate(runs)
+    assert list(table) == [f.name for f in FIGURES]
+    gap = table["planted gap, mean over classes"]
+    assert gap["mean"] == pytest.approx(0.25) and gap["std"] == pytest.approx(0.05) and gap["n"] == 3
+    assert table["planted gap, smallest class"]["mean"] == pytest.approx(0.20)
+    assert table["classes skipped (too few val errors)"]["values"] == {"s-seed0": 0.0, "s-seed1": 1.0, "s-seed2": 0.0}
+    assert table["planted subpopulation AP: SVM"]["mean"] == pytest.approx(0.85)
+    assert table["direction: planted subpopulation accuracy"]["mean"] == pytest.approx(0.68)
+    # the largest alpha of the evaluation set, not the first one listed
+    assert table["decoded eval images, baseline accuracy: hard"]["mean"] == pytest.approx(0.2)
+    # an arm no run trained has no values, not zeros
+    assert table["generic: test accuracy"]["n"] == 0 and table["generic: test accuracy"]["mean"] is None
+    text = table_markdown(table)
+    assert "| planted gap, mean over classes | 0.250 | 0.050 |" in text
+
+
+def test_aggregate_leaves_a_missing_file_out_of_n():
+    runs = {name: metrics_of(e) for name, e in experiments(SHOW, "s-seed").items()}
+    del runs["s-seed2"]["metrics/evaluate.json"]
+    table = aggregate(runs)
+    assert table["none: planted subpopulation accuracy"]["n"] == 2
+    assert table["planted gap, mean over classes"]["n"] == 3
+    np.testing.assert_allclose(table["none: planted subpopulation accuracy"]["mean"], 0.55)
