@@ -106,10 +106,14 @@ class Embedder:
         return self.embed_texts(unique.tolist())[inverse]
 
 
-def embed_batch(embedder: "Embedder", images_uint8: np.ndarray) -> tuple[str, int, np.ndarray]:
-    """One engine item: (space, dim, embeddings) of one batch of images; the space
-    travels with every batch so that the caller can check all workers agree."""
-    return embedder.space, embedder.dim, embedder.embed_images(images_uint8)
+def embed_slice(embedder: "Embedder", item: tuple[str, int, int],
+                image_sets: dict[str, np.ndarray]) -> tuple[str, int, np.ndarray]:
+    """One engine item, (name, start, stop): (space, dim, embeddings) of
+    ``image_sets[name][start:stop]``. The images are the task's data (sent to
+    each worker once) and items only name their rows; the space comes with
+    every batch so that the caller can check all workers agree."""
+    name, start, stop = item
+    return embedder.space, embedder.dim, embedder.embed_images(image_sets[name][start:stop])
 
 
 def embed_image_sets(engine, load: Callable[[], "Embedder"], image_sets: dict[str, np.ndarray], batch_size: int,
@@ -123,19 +127,17 @@ def embed_image_sets(engine, load: Callable[[], "Embedder"], image_sets: dict[st
     Returns ({name: (N, dim) float32}, space, dim)."""
     from failmap.engine import Task
 
-    items, owners = [], []
-    for name, images in image_sets.items():
-        for start in range(0, len(images), batch_size):
-            items.append(np.ascontiguousarray(images[start:start + batch_size]))
-            owners.append(name)
-    results = engine.map(Task(load, embed_batch), items, desc="embed", model=embedder)
+    image_sets = {name: np.ascontiguousarray(images) for name, images in image_sets.items()}
+    items = [(name, start, min(start + batch_size, len(images)))
+             for name, images in image_sets.items() for start in range(0, len(images), batch_size)]
+    results = engine.map(Task(load, embed_slice, data=image_sets), items, desc="embed", model=embedder)
     spaces = sorted({(space, dim) for space, dim, _ in results})
     if len(spaces) != 1:
         raise RuntimeError(f"the workers embedded in different spaces {spaces}: they loaded different models")
     (space, dim), = spaces
     out = {}
-    for name, images in image_sets.items():
-        parts = [emb for owner, (_, _, emb) in zip(owners, results) if owner == name]
+    for name in image_sets:
+        parts = [emb for (owner, _, _), (_, _, emb) in zip(items, results) if owner == name]
         out[name] = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
     return out, space, dim
 

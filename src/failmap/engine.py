@@ -32,6 +32,8 @@ from typing import Any, Callable, Sequence
 from tqdm.auto import tqdm
 
 RETRIES = 3  # restarts of a dead actor, and retries of the items it held
+BATCHES_PER_WORKER = 8  # the ray engine's default grouping of items into Ray batches ...
+MAX_PER_BATCH = 16      # ... at most this many items each (a retry repeats at most that many)
 
 
 class EngineError(RuntimeError):
@@ -40,10 +42,18 @@ class EngineError(RuntimeError):
 
 @dataclass(frozen=True)
 class Task:
-    """``load()`` once per worker, ``apply(model, item)`` per item. Both travel to
-    Ray actors by pickle: top-level functions, or ``functools.partial`` of them."""
+    """``load()`` once per worker, then ``apply(model, item)`` per item, or
+    ``apply(model, item, data)`` when ``data`` is given: what many items read
+    from (e.g. the images, when items name rows of them), sent to each worker
+    once (Ray: put in the object store once, read without a copy) instead of
+    inside every item. ``load`` and ``apply`` travel to Ray actors by pickle:
+    top-level functions, or ``functools.partial`` of them."""
     load: Callable[[], Any]
-    apply: Callable[[Any, Any], Any]
+    apply: Callable[..., Any]
+    data: Any = None
+
+    def __call__(self, model, item):
+        return self.apply(model, item) if self.data is None else self.apply(model, item, self.data)
 
 
 class LocalEngine:
@@ -53,19 +63,22 @@ class LocalEngine:
 
     def map(self, task: Task, items: Sequence, *, desc: str = "batches", model=None) -> list:
         model = task.load() if model is None else model
-        return [task.apply(model, item) for item in tqdm(items, desc=desc, unit="item", disable=len(items) < 2)]
+        return [task(model, item) for item in tqdm(items, desc=desc, unit="item", disable=len(items) < 2)]
 
 
 class _Worker:
     """The map_batches callable: the model is loaded once, in the actor's constructor."""
 
-    def __init__(self, task: Task, threads: int):
+    def __init__(self, task: Task, data_ref, threads: int):
         _pin_threads(threads)
+        if data_ref is not None:
+            import ray
+            task = Task(task.load, task.apply, ray.get(data_ref))
         self.task = task
         self.model = task.load()
 
     def __call__(self, batch: dict) -> dict:
-        results = [pickle.dumps(self.task.apply(self.model, pickle.loads(payload)), protocol=pickle.HIGHEST_PROTOCOL)
+        results = [pickle.dumps(self.task(self.model, pickle.loads(payload)), protocol=pickle.HIGHEST_PROTOCOL)
                    for payload in batch["payload"]]
         return {"index": batch["index"], "result": results}
 
@@ -85,15 +98,15 @@ class RayEngine:
     """Ray Data actors; see the module docstring."""
     name = "ray"
 
-    def __init__(self, workers: int, gpus_per_worker: float = 0.0, items_per_batch: int = 1,
+    def __init__(self, workers: int, gpus_per_worker: float = 0.0, items_per_batch: int | None = None,
                  retries: int = RETRIES, threads_per_worker: int = 1):
-        if workers < 1 or items_per_batch < 1 or gpus_per_worker < 0 or retries < 0 or threads_per_worker < 1:
+        if workers < 1 or (items_per_batch or 1) < 1 or gpus_per_worker < 0 or retries < 0 or threads_per_worker < 1:
             raise ValueError(f"workers {workers}, items_per_batch {items_per_batch} and threads_per_worker "
                              f"{threads_per_worker} must be >= 1, gpus_per_worker {gpus_per_worker} and retries "
                              f"{retries} >= 0")
         self.workers = int(workers)
         self.gpus_per_worker = float(gpus_per_worker)
-        self.items_per_batch = int(items_per_batch)
+        self.items_per_batch = items_per_batch  # None: batches_per_worker batches per worker, at most MAX_PER_BATCH
         self.retries = int(retries)
         self.threads_per_worker = int(threads_per_worker)
 
@@ -107,7 +120,12 @@ class RayEngine:
         rows = [{"index": i, "payload": pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)}
                 for i, item in enumerate(items)]
         workers = min(self.workers, len(rows))
+        # Every Ray batch costs milliseconds of scheduling and transfer: small items go several to a batch
+        # (same results: an item is the unit of work), while enough batches remain to share out evenly.
+        per_batch = self.items_per_batch or min(MAX_PER_BATCH, -(-len(rows) // (BATCHES_PER_WORKER * workers)))
         dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), 4 * workers))
+        data_ref = None if task.data is None else ray.put(task.data)
+        light = Task(task.load, task.apply)  # the data goes by reference, not inside the actors' arguments
         # Ray Data's own default is to restart actors and retry their items forever, which turns a
         # worker that always crashes into a job that never ends: bound both. Ray 2.60 has no named
         # parameter for them yet and warns that the generic remote arguments are deprecated (gone in 2.64).
@@ -115,7 +133,8 @@ class RayEngine:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
             mapped = dataset.map_batches(
-                _Worker, fn_constructor_args=(task, self.threads_per_worker), batch_size=self.items_per_batch,
+                _Worker, fn_constructor_args=(light, data_ref, self.threads_per_worker),
+                batch_size=per_batch,
                 batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
                 num_cpus=self.threads_per_worker, num_gpus=self.gpus_per_worker, **retry)
         try:
