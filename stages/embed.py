@@ -1,9 +1,15 @@
 """Stage embed: CLIP image embeddings of train, val, test and pool, saved row
-by row with each split's ids (data/embeddings/<split>.npz)."""
+by row with each split's ids (data/embeddings/<split>.npz). The batches run
+on the engine ``compute`` names (failmap.engine; same bytes either way); all
+splits are embedded before any file is written."""
+from functools import partial
+from pathlib import Path
+
 import numpy as np
 
 from failmap.data import SPLITS, load_meta, load_split
-from failmap.embedder import load_embedder
+from failmap.embedder import embed_image_sets, load_embedder
+from failmap.engine import open_engine
 from failmap.io import atomic_path, write_json
 from failmap.stage import CLIP_DIR, EMBEDDINGS, PREPARED, run_stage
 
@@ -11,16 +17,21 @@ from failmap.stage import CLIP_DIR, EMBEDDINGS, PREPARED, run_stage
 def main():
     with run_stage("embed") as (p, run):
         c = p.clip
-        embedder = load_embedder(c.source, c.arch, c.pretrained, CLIP_DIR, c.device, c.batch_size)
+        # absolute: a Ray worker need not start in this folder (a cluster must see the same path)
+        pretrained = str(Path(c.pretrained).resolve()) if Path(c.pretrained).is_file() else c.pretrained
+        load = partial(load_embedder, c.source, c.arch, pretrained, str(Path(CLIP_DIR).resolve()), c.device,
+                       c.batch_size)
         meta = load_meta(PREPARED)
-        for name in [s for s in SPLITS if s in meta["splits"]]:
-            split = load_split(PREPARED, name)
-            embeddings = embedder.embed_images(split.images)
+        splits = {name: load_split(PREPARED, name) for name in SPLITS if name in meta["splits"]}
+        with open_engine(p.compute) as engine:
+            embedded, space, dim = embed_image_sets(engine, load, {n: s.images for n, s in splits.items()},
+                                                    c.batch_size)
+        for name, split in splits.items():
             with atomic_path(f"{EMBEDDINGS}/{name}.npz") as tmp:
                 with open(tmp, "wb") as f:
-                    np.savez(f, embeddings=embeddings, ids=split.ids)
-        write_json(f"{EMBEDDINGS}/space.json", {"space": embedder.space, "dim": embedder.dim})
-        run.log_metrics({"dim": embedder.dim})
+                    np.savez(f, embeddings=embedded[name], ids=split.ids)
+        write_json(f"{EMBEDDINGS}/space.json", {"space": space, "dim": dim})
+        run.log_metrics({"dim": dim})
 
 
 if __name__ == "__main__":

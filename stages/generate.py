@@ -6,17 +6,19 @@ Before anything is saved, the generator check: CLIP must recognise the class
 of the neutral evaluation images at least ``generate.min_class_recognition``
 of the time, or the synthetic arms are marked untrusted (stderr, metrics,
 MLflow tag ``failmap.synthetic_trusted``). ``generate.filter`` drops the
-training-arm images CLIP puts in another class."""
+training-arm images CLIP puts in another class. The decoder calls run on the
+engine ``compute`` names (failmap.engine); every image keeps its seed."""
 import sys
 
 from failmap.captions import reference_caption
 from failmap.data import load_meta
 from failmap.decoder import sampling_settings
 from failmap.device import resolve_device
-from failmap.generate import (accuracy_on_generated, clip_class_predictions, decoded_decision_report,
-                              generate_caption, generate_direction, generate_eval, generate_generic, generator_check,
-                              hard_neutral_easy_report, keep_on_class, load_generation_inputs, save_generated,
-                              save_grid, write_manifest)
+from failmap.engine import open_engine
+from failmap.generate import (accuracy_on_generated, clip_class_predictions, decode_plans, decoded_decision_report,
+                              generator_check, hard_neutral_easy_report, keep_on_class, load_generation_inputs,
+                              load_inputs_decoder, plan_caption, plan_direction, plan_eval, plan_generic,
+                              save_generated, save_grid, write_manifest)
 from failmap.io import write_json
 from failmap.models import load_classifier
 from failmap.stage import BASELINE_MODEL, GENERATED, METRICS, PLOTS, PREPARED, run_stage
@@ -31,19 +33,19 @@ def main():
         decoder, embedder, svms, references = inputs.decoder, inputs.embedder, inputs.svms, inputs.references
         decode = sampling_settings(p.decoder)
         n, seed = g.n_per_class, p.seed
-        sets = []
+        plans = []
         refs = [reference_caption(p.caption.template, name) for name in classes]
         if "generic" in p.finetune.arms:
-            sets.append(generate_generic(decoder, embedder.embed_texts, classes, refs, n, seed, **decode))
+            plans.append(plan_generic(embedder.embed_texts, classes, refs, n, seed))
         if "caption" in p.finetune.arms:
-            sets.append(generate_caption(decoder, embedder.embed_texts, classes, inputs.hard_captions, svms, n, seed,
-                                         n_captions=g.n_captions, references=references, weight=g.caption_weight,
-                                         **decode))
+            plans.append(plan_caption(decoder, embedder.embed_texts, classes, inputs.hard_captions, svms, n, seed,
+                                      n_captions=g.n_captions, references=references, weight=g.caption_weight))
         if "direction" in p.finetune.arms:
-            sets.append(generate_direction(decoder, classes, references, svms, g.alpha, n, seed, inputs.extents,
-                                           **decode))
-        eval_set = generate_eval(decoder, classes, references, svms, g.eval_alphas, g.n_eval_per_class, seed,
-                                 inputs.extents, **decode)
+            plans.append(plan_direction(decoder, classes, references, svms, g.alpha, n, seed, inputs.extents))
+        plans.append(plan_eval(decoder, classes, references, svms, g.eval_alphas, g.n_eval_per_class, seed,
+                               inputs.extents))
+        with open_engine(p.compute) as engine:  # every decoder call of every set: one job
+            *sets, eval_set = decode_plans(plans, engine, load_inputs_decoder(p, meta), decoder, **decode)
 
         predicted = {s.name: clip_class_predictions(embedder.embed_images, embedder.embed_texts, refs, s.images)
                      for s in sets + [eval_set]}

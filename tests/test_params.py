@@ -161,6 +161,9 @@ def test_wrong_type(raw, key, shown, expected):
     ({"clip": {"train": {"batch_size": 1}}}, "clip.train.batch_size", "1", ">= 2"),
     ({"decoder": {"train": {"channels": [32, 0]}}}, "decoder.train.channels[1]", "0", ">= 1"),
     ({"tracking": {"uri": ""}}, "tracking.uri", "''", "non-empty"),
+    ({"compute": {"workers": 0}}, "compute.workers", "0", ">= 1"),
+    ({"compute": {"gpus_per_worker": -0.5}}, "compute.gpus_per_worker", "-0.5", ">= 0"),
+    ({"compute": {"address": ""}}, "compute.address", "''", "non-empty"),
 ])
 def test_out_of_range(raw, key, shown, expected):
     msg = error_of(raw)
@@ -176,10 +179,27 @@ def test_out_of_range(raw, key, shown, expected):
     ("baseline", "device", "cuda"),
     ("clip", "device", "cuda"),
     ("decoder", "device", "cuda"),
+    ("compute", "engine", "ray"),
 ])
 def test_choice_not_allowed(section, key, allowed):
     msg = error_of({section: {key: "bogus"}})
     assert f"{section}.{key} = 'bogus'" in msg and allowed in msg
+
+
+def test_compute_defaults_to_the_local_engine():
+    c = params_from_dict({}).compute
+    assert (c.engine, c.workers, c.gpus_per_worker, c.address) == ("local", 2, 0.0, None)
+    c = params_from_dict({"compute": {"workers": 4, "gpus_per_worker": 1, "address": "ray://head:10001"}}).compute
+    assert (c.workers, c.gpus_per_worker, c.address) == (4, 1.0, "ray://head:10001")
+    assert isinstance(c.gpus_per_worker, float)
+
+
+def test_ray_engine_without_ray_installed_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` sees where it is not installed
+    msg = error_of({"compute": {"engine": "ray", "workers": 2}})
+    assert "compute.engine = 'ray'" in msg and "ray cannot be imported" in msg
+    assert "pip install -e '.[ray]'" in msg
+    assert params_from_dict({"compute": {"engine": "local"}}).compute.engine == "local"  # local needs no Ray
 
 
 def test_arm_not_allowed():

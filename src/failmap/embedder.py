@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import open_clip
@@ -103,6 +104,42 @@ class Embedder:
         embedded once: a captioned corpus repeats its captions many times."""
         unique, inverse = np.unique(np.asarray(texts), return_inverse=True)
         return self.embed_texts(unique.tolist())[inverse]
+
+
+def embed_slice(embedder: "Embedder", item: tuple[str, int, int],
+                image_sets: dict[str, np.ndarray]) -> tuple[str, int, np.ndarray]:
+    """One engine item, (name, start, stop): (space, dim, embeddings) of
+    ``image_sets[name][start:stop]``. The images are the task's data (sent to
+    each worker once) and items only name their rows; the space comes with
+    every batch so that the caller can check all workers agree."""
+    name, start, stop = item
+    return embedder.space, embedder.dim, embedder.embed_images(image_sets[name][start:stop])
+
+
+def embed_image_sets(engine, load: Callable[[], "Embedder"], image_sets: dict[str, np.ndarray], batch_size: int,
+                     embedder: "Embedder | None" = None) -> tuple[dict[str, np.ndarray], str, int]:
+    """Embed every named image array through ``engine`` (failmap.engine) in one job.
+
+    Each item is one batch of ``batch_size`` images cut at the same offsets as
+    ``Embedder.embed_images`` cuts them, so any engine gives the same bytes as
+    the in-process loop. ``load`` builds the embedder (once per worker);
+    ``embedder``, when given, is the one the local engine uses as is.
+    Returns ({name: (N, dim) float32}, space, dim)."""
+    from failmap.engine import Task
+
+    image_sets = {name: np.ascontiguousarray(images) for name, images in image_sets.items()}
+    items = [(name, start, min(start + batch_size, len(images)))
+             for name, images in image_sets.items() for start in range(0, len(images), batch_size)]
+    results = engine.map(Task(load, embed_slice, data=image_sets), items, desc="embed", model=embedder)
+    spaces = sorted({(space, dim) for space, dim, _ in results})
+    if len(spaces) != 1:
+        raise RuntimeError(f"the workers embedded in different spaces {spaces}: they loaded different models")
+    (space, dim), = spaces
+    out = {}
+    for name in image_sets:
+        parts = [emb for (owner, _, _), (_, _, emb) in zip(items, results) if owner == name]
+        out[name] = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+    return out, space, dim
 
 
 def normalise_batch(x: torch.Tensor, size: tuple[int, int], mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

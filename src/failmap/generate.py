@@ -38,6 +38,13 @@ conditioning, so the hard/neutral/easy comparison is paired. The manifest
 stores each image's call seed and its position in that call
 (``noise_index``), enough to redraw any single image.
 
+Engines. ``plan_*`` lists a set's calls (``DecodeCall``) without decoding;
+``decode_plans`` runs the calls of every set as one job of a
+``failmap.engine`` engine and assembles the sets. A call is the smallest unit
+of work, never split across workers: its noise is drawn for the whole call,
+so a shard of it would need the same draw, and its images come out the same
+bytes whichever worker decodes it. ``generate_*`` plan and decode in one go.
+
 Classes whose SVM was skipped have no direction and no hard captions: they
 get no ``caption`` / ``direction`` / evaluation images; the reason is
 printed and recorded in ``GeneratedSet.skipped``.
@@ -48,6 +55,7 @@ import csv
 import hashlib
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -164,38 +172,86 @@ class GeneratedSet:
         return out
 
 
-class _Builder:
-    """Collects the decoded calls of one set and numbers its manifest rows."""
+@dataclass(frozen=True)
+class DecodeCall:
+    """One decoder call: every image of one (set, class[, side, alpha]) from one seed.
+
+    The unit of work of the engine (``decode_plans``): a call is never split,
+    so image i keeps the noise the decoder draws for position i of its call
+    (see the module docstring) whichever worker runs it. ``captions`` set:
+    ``decode_captions`` (the words reach a text-to-image decoder; ``conditions``
+    are their text embeddings); else ``decode_images`` of ``conditions``."""
+    conditions: np.ndarray
+    seed: int
+    captions: tuple[str, ...] | None = None
+
+
+def decode_call(decoder, call: DecodeCall, **decode_kwargs) -> np.ndarray:
+    """Run one ``DecodeCall`` (an engine item) on ``decoder``."""
+    if call.captions is not None:
+        return decoder.decode_captions(list(call.captions), call.conditions, seed=call.seed, **decode_kwargs)
+    return decoder.decode_images(call.conditions, seed=call.seed, **decode_kwargs)
+
+
+class SetPlan:
+    """The decoder calls of one set, with what the manifest says of each image,
+    and the classes skipped; ``build`` assembles the decoded images."""
 
     def __init__(self, name: str):
         self.name = name
-        self.images: list[np.ndarray] = []
-        self.rows: list[dict] = []
+        self.calls: list[DecodeCall] = []
+        self._meta: list[dict] = []
         self.skipped: dict[str, str] = {}
 
-    def add(self, images: np.ndarray, *, class_name: str, label: int, side: str, alpha: float | None,
-            captions: Sequence[str], seed: int, tag: str) -> None:
-        images = np.asarray(images)
-        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or len(images) != len(captions):
-            raise ValueError(f"the decoder returned {images.dtype} {images.shape} for {len(captions)} conditions; "
-                             f"expected uint8 ({len(captions)}, H, W, 3)")
-        for i, caption in enumerate(captions):
-            self.rows.append(dict(id=f"{self.name}-{class_name}-{tag}-{i:04d}", set=self.name, **{"class": class_name},
-                                  label=int(label), side=side, alpha=alpha, caption=caption, seed=int(seed),
-                                  noise_index=i, file=f"{self.name}.npz", index=len(self.rows)))
-        self.images.append(images)
+    def add(self, call: DecodeCall, *, class_name: str, label: int, side: str, alpha: float | None,
+            captions: Sequence[str], tag: str) -> None:
+        if len(call.conditions) != len(captions):
+            raise ValueError(f"{len(call.conditions)} conditions but {len(captions)} manifest captions")
+        self.calls.append(call)
+        self._meta.append(dict(class_name=class_name, label=int(label), side=side, alpha=alpha,
+                               captions=list(captions), tag=tag))
 
     def skip(self, class_name: str, reason: str) -> None:
         self.skipped[class_name] = reason
         print(f"generate[{self.name}]: class {class_name!r} skipped: {reason}", file=sys.stderr)
 
-    def build(self) -> GeneratedSet:
-        if self.images:
-            images = np.concatenate(self.images)
-        else:
-            images = np.zeros((0, 1, 1, 3), np.uint8)
-        labels = np.array([r["label"] for r in self.rows], dtype=np.int64)
-        return GeneratedSet(self.name, images, labels, self.rows, self.skipped)
+    def build(self, decoded: Sequence[np.ndarray]) -> GeneratedSet:
+        """The set from ``decoded[j]``, the images of ``calls[j]``."""
+        if len(decoded) != len(self.calls):
+            raise ValueError(f"set {self.name!r}: {len(decoded)} decoded calls for {len(self.calls)} planned")
+        rows, parts = [], []
+        for call, meta, images in zip(self.calls, self._meta, decoded):
+            images = np.asarray(images)
+            n = len(meta["captions"])
+            if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or len(images) != n:
+                raise ValueError(f"the decoder returned {images.dtype} {images.shape} for {n} conditions; "
+                                 f"expected uint8 ({n}, H, W, 3)")
+            for i, caption in enumerate(meta["captions"]):
+                rows.append(dict(id=f"{self.name}-{meta['class_name']}-{meta['tag']}-{i:04d}", set=self.name,
+                                 **{"class": meta["class_name"]}, label=meta["label"], side=meta["side"],
+                                 alpha=meta["alpha"], caption=caption, seed=int(call.seed), noise_index=i,
+                                 file=f"{self.name}.npz", index=len(rows)))
+            parts.append(images)
+        images = np.concatenate(parts) if parts else np.zeros((0, 1, 1, 3), np.uint8)
+        labels = np.array([r["label"] for r in rows], dtype=np.int64)
+        return GeneratedSet(self.name, images, labels, rows, self.skipped)
+
+
+def decode_plans(plans: Sequence[SetPlan], engine=None, load: Callable[[], object] | None = None, decoder=None,
+                 **decode_kwargs) -> list[GeneratedSet]:
+    """Decode every call of ``plans`` in one engine job (failmap.engine; default:
+    the local loop on ``decoder``) and build one set per plan. ``load`` builds
+    the decoder on each worker of a ray engine."""
+    from failmap.engine import LocalEngine, Task
+
+    calls = [call for plan in plans for call in plan.calls]
+    decoded = (engine or LocalEngine()).map(Task(load, partial(decode_call, **decode_kwargs)), calls,
+                                            desc="decode", model=decoder)
+    out, start = [], 0
+    for plan in plans:
+        out.append(plan.build(decoded[start:start + len(plan.calls)]))
+        start += len(plan.calls)
+    return out
 
 
 def _hard_pole(class_svm: ClassSVM | Skip, dim: int, class_name: str) -> np.ndarray | str:
@@ -284,27 +340,25 @@ def _check_svms(svms: Mapping[int, ClassSVM | Skip], n_classes: int) -> None:
         raise ValueError(f"svms has no entry (ClassSVM or Skip) for class indices {missing}")
 
 
-def generate_generic(decoder, embed_texts: EmbedTexts, class_names: Sequence[str], reference_captions: Sequence[str],
-                     n_per_class: int, base_seed: int, **decode_kwargs) -> GeneratedSet:
+def plan_generic(embed_texts: EmbedTexts, class_names: Sequence[str], reference_captions: Sequence[str],
+                 n_per_class: int, base_seed: int) -> SetPlan:
     """``n_per_class`` images per class from its reference caption alone; the
     images differ only by their starting noise."""
     n = _check_count(n_per_class, "n_per_class")
     if len(reference_captions) != len(class_names):
         raise ValueError(f"{len(reference_captions)} reference captions for {len(class_names)} classes")
-    out = _Builder("generic")
+    out = SetPlan("generic")
     for k, name in enumerate(class_names):
         captions = [reference_captions[k]] * n
-        seed = derive_seed(base_seed, "generic", name)
-        images = decoder.decode_captions(captions, embed_texts(captions), seed=seed, **decode_kwargs)
-        out.add(images, class_name=name, label=k, side="neutral", alpha=None, captions=captions, seed=seed, tag="g")
-    return out.build()
+        call = DecodeCall(embed_texts(captions), derive_seed(base_seed, "generic", name), tuple(captions))
+        out.add(call, class_name=name, label=k, side="neutral", alpha=None, captions=captions, tag="g")
+    return out
 
 
-def generate_caption(decoder, embed_texts: EmbedTexts, class_names: Sequence[str],
-                     hard_captions: Mapping[int, Sequence[str]], svms: Mapping[int, ClassSVM | Skip],
-                     n_per_class: int, base_seed: int, *, n_captions: int | None = None,
-                     references: np.ndarray | None = None, weight: float = 1.0,
-                     **decode_kwargs) -> GeneratedSet:
+def plan_caption(decoder, embed_texts: EmbedTexts, class_names: Sequence[str],
+                 hard_captions: Mapping[int, Sequence[str]], svms: Mapping[int, ClassSVM | Skip],
+                 n_per_class: int, base_seed: int, *, n_captions: int | None = None,
+                 references: np.ndarray | None = None, weight: float = 1.0) -> SetPlan:
     """``n_per_class`` images per class from its top ``n_captions`` hard
     captions (all when None; image i from caption i mod k, so each caption
     gets an equal share, hardest first).
@@ -312,10 +366,11 @@ def generate_caption(decoder, embed_texts: EmbedTexts, class_names: Sequence[str
     ``weight`` 1: the caption alone (``decode_captions``: the world decoder's
     bridge, unCLIP's text-to-image). ``weight`` < 1: the condition is
     slerp(class reference, caption in the decoder's image space, weight),
-    with ``references`` as for ``generate_direction``: the caption's
+    with ``references`` as for ``plan_direction``: the caption's
     attributes on an anchor inside the class's image cone, where the decoder
     draws best (a bridged caption alone lands beside it; measured in
-    benchmarks/intervention_experiments.md)."""
+    benchmarks/intervention_experiments.md). ``decoder`` gives the dimension
+    and the bridge (``to_image_space``); it decodes nothing here."""
     n = _check_count(n_per_class, "n_per_class")
     if n_captions is not None:
         n_captions = _check_count(n_captions, "n_captions")
@@ -326,7 +381,7 @@ def generate_caption(decoder, embed_texts: EmbedTexts, class_names: Sequence[str
             raise ValueError("weight < 1 blends each caption with its class's reference embedding: pass references")
         references = _check_references(references, len(class_names), decoder.dim)
     _check_svms(svms, len(class_names))
-    out = _Builder("caption")
+    out = SetPlan("caption")
     for k, name in enumerate(class_names):
         if isinstance(svms[k], Skip):
             out.skip(name, f"no SVM, hence no hard captions: {svms[k].reason}")
@@ -338,16 +393,16 @@ def generate_caption(decoder, embed_texts: EmbedTexts, class_names: Sequence[str
         seed = derive_seed(base_seed, "caption", name)
         if weight < 1.0:
             conditions = slerp(_cycled(references[k], n), decoder.to_image_space(embed_texts(captions)), weight)
-            images = decoder.decode_images(conditions, seed=seed, **decode_kwargs)
+            call = DecodeCall(conditions, seed)
         else:
-            images = decoder.decode_captions(captions, embed_texts(captions), seed=seed, **decode_kwargs)
-        out.add(images, class_name=name, label=k, side="hard", alpha=None, captions=captions, seed=seed, tag="c")
-    return out.build()
+            call = DecodeCall(embed_texts(captions), seed, tuple(captions))
+        out.add(call, class_name=name, label=k, side="hard", alpha=None, captions=captions, tag="c")
+    return out
 
 
-def generate_direction(decoder, class_names: Sequence[str], references: np.ndarray,
-                       svms: Mapping[int, ClassSVM | Skip], alpha: float, n_per_class: int, base_seed: int,
-                       extents: Mapping[int, tuple[float, float]] | None = None, **decode_kwargs) -> GeneratedSet:
+def plan_direction(decoder, class_names: Sequence[str], references: np.ndarray,
+                   svms: Mapping[int, ClassSVM | Skip], alpha: float, n_per_class: int, base_seed: int,
+                   extents: Mapping[int, tuple[float, float]] | None = None) -> SetPlan:
     """``n_per_class`` images per class from slerp(reference, hard pole, alpha).
 
     ``references``: (n_classes, D), one start per class (``class_reference_
@@ -360,27 +415,25 @@ def generate_direction(decoder, class_names: Sequence[str], references: np.ndarr
         raise ValueError(f"alpha must lie in [0, 1] (a slerp weight), got {alpha}")
     _check_svms(svms, len(class_names))
     references = _check_references(references, len(class_names), decoder.dim)
-    out = _Builder("direction")
+    out = SetPlan("direction")
     for k, name in enumerate(class_names):
         poles = _poles(svms[k], references[k], extents, k, decoder.dim, name)
         if isinstance(poles, str):
             out.skip(name, poles)
             continue
-        conditions = slerp(_cycled(references[k], n), poles[0], alpha)
-        seed = derive_seed(base_seed, "direction", name)
-        images = decoder.decode_images(conditions, seed=seed, **decode_kwargs)
-        out.add(images, class_name=name, label=k, side="hard", alpha=float(alpha), captions=[""] * n, seed=seed,
+        call = DecodeCall(slerp(_cycled(references[k], n), poles[0], alpha), derive_seed(base_seed, "direction", name))
+        out.add(call, class_name=name, label=k, side="hard", alpha=float(alpha), captions=[""] * n,
                 tag=f"a{alpha:g}")
-    return out.build()
+    return out
 
 
-def generate_eval(decoder, class_names: Sequence[str], references: np.ndarray, svms: Mapping[int, ClassSVM | Skip],
-                  alphas: Sequence[float], n_per_class: int, base_seed: int,
-                  extents: Mapping[int, tuple[float, float]] | None = None, **decode_kwargs) -> GeneratedSet:
+def plan_eval(decoder, class_names: Sequence[str], references: np.ndarray, svms: Mapping[int, ClassSVM | Skip],
+              alphas: Sequence[float], n_per_class: int, base_seed: int,
+              extents: Mapping[int, tuple[float, float]] | None = None) -> SetPlan:
     """Per class: ``n_per_class`` neutral images (alpha 0) and, for every alpha,
     as many hard (towards the hard pole) and easy (towards the easy pole) ones,
     all from the same noise (see the module docstring); ``extents`` as for
-    ``generate_direction``."""
+    ``plan_direction``."""
     n = _check_count(n_per_class, "n_per_class")
     alphas = [float(a) for a in alphas]
     if not alphas or any(not 0.0 < a <= 1.0 for a in alphas) or len(set(alphas)) != len(alphas):
@@ -388,7 +441,7 @@ def generate_eval(decoder, class_names: Sequence[str], references: np.ndarray, s
                          f"drawn), got {alphas}")
     _check_svms(svms, len(class_names))
     references = _check_references(references, len(class_names), decoder.dim)
-    out = _Builder(EVAL_SET)
+    out = SetPlan(EVAL_SET)
     for k, name in enumerate(class_names):
         poles = _poles(svms[k], references[k], extents, k, decoder.dim, name)
         if isinstance(poles, str):
@@ -401,10 +454,40 @@ def generate_eval(decoder, class_names: Sequence[str], references: np.ndarray, s
         for a in alphas:
             jobs += [("hard", a, slerp(starts, hard_pole, a)), ("easy", a, slerp(starts, easy_pole, a))]
         for side, a, conditions in jobs:
-            images = decoder.decode_images(conditions, seed=seed, **decode_kwargs)
-            out.add(images, class_name=name, label=k, side=side, alpha=a, captions=[""] * n, seed=seed,
+            out.add(DecodeCall(conditions, seed), class_name=name, label=k, side=side, alpha=a, captions=[""] * n,
                     tag=f"{side}-a{a:g}")
-    return out.build()
+    return out
+
+
+# The same, decoded here and now on ``decoder`` (decode_kwargs: its sampling settings).
+def generate_generic(decoder, embed_texts: EmbedTexts, class_names: Sequence[str], reference_captions: Sequence[str],
+                     n_per_class: int, base_seed: int, **decode_kwargs) -> GeneratedSet:
+    plan = plan_generic(embed_texts, class_names, reference_captions, n_per_class, base_seed)
+    return decode_plans([plan], decoder=decoder, **decode_kwargs)[0]
+
+
+def generate_caption(decoder, embed_texts: EmbedTexts, class_names: Sequence[str],
+                     hard_captions: Mapping[int, Sequence[str]], svms: Mapping[int, ClassSVM | Skip],
+                     n_per_class: int, base_seed: int, *, n_captions: int | None = None,
+                     references: np.ndarray | None = None, weight: float = 1.0,
+                     **decode_kwargs) -> GeneratedSet:
+    plan = plan_caption(decoder, embed_texts, class_names, hard_captions, svms, n_per_class, base_seed,
+                        n_captions=n_captions, references=references, weight=weight)
+    return decode_plans([plan], decoder=decoder, **decode_kwargs)[0]
+
+
+def generate_direction(decoder, class_names: Sequence[str], references: np.ndarray,
+                       svms: Mapping[int, ClassSVM | Skip], alpha: float, n_per_class: int, base_seed: int,
+                       extents: Mapping[int, tuple[float, float]] | None = None, **decode_kwargs) -> GeneratedSet:
+    plan = plan_direction(decoder, class_names, references, svms, alpha, n_per_class, base_seed, extents)
+    return decode_plans([plan], decoder=decoder, **decode_kwargs)[0]
+
+
+def generate_eval(decoder, class_names: Sequence[str], references: np.ndarray, svms: Mapping[int, ClassSVM | Skip],
+                  alphas: Sequence[float], n_per_class: int, base_seed: int,
+                  extents: Mapping[int, tuple[float, float]] | None = None, **decode_kwargs) -> GeneratedSet:
+    plan = plan_eval(decoder, class_names, references, svms, alphas, n_per_class, base_seed, extents)
+    return decode_plans([plan], decoder=decoder, **decode_kwargs)[0]
 
 
 # ------------------------------------------------------------ pipeline inputs
@@ -429,13 +512,12 @@ def load_generation_inputs(p, meta: dict) -> GenerationInputs:
     from failmap.embedder import load_embedder  # open_clip: seconds to import, only for this
     from failmap.embeddings import load_embeddings
     from failmap.predictions import load_predictions
-    from failmap.stage import BASELINE_PREDICTIONS, CLIP_DIR, DECODER_DIR, EMBEDDINGS, METRICS, SVM_DIR
+    from failmap.stage import BASELINE_PREDICTIONS, CLIP_DIR, EMBEDDINGS, METRICS, SVM_DIR
 
-    c, d = p.clip, p.decoder
+    c = p.clip
     classes = meta["classes"]
     embedder = load_embedder(c.source, c.arch, c.pretrained, CLIP_DIR, c.device, c.batch_size)
-    decoder = load_decoder(d.source, DECODER_DIR if d.source != "unclip" else d.model, d.text_model,
-                           d.device, image_size=meta["image_size"])
+    decoder = load_inputs_decoder(p, meta)()
     check_compatible(embedder.space, embedder.dim, decoder)  # before any decoding
     _, svms, _ = load_svms(f"{SVM_DIR}/svms.npz")
     top = read_json(f"{METRICS}/captions.json")["top"]
@@ -449,6 +531,19 @@ def load_generation_inputs(p, meta: dict) -> GenerationInputs:
         extents = direction_extents(svms, references, load_embeddings(EMBEDDINGS, "val", val_pred["id"]),
                                     val_pred["label"])
     return GenerationInputs(embedder, decoder, svms, hard_captions, references, extents)
+
+
+def load_inputs_decoder(p, meta: dict) -> Callable[[], object]:
+    """What loads the decoder the params name (a picklable partial of ``load_decoder``,
+    local folders made absolute): called here, and once on each worker of a ray engine."""
+    from failmap.stage import DECODER_DIR
+
+    d = p.decoder
+    def absolute(path):
+        return str(Path(path).resolve()) if Path(path).exists() else path
+    folder = DECODER_DIR if d.source != "unclip" else d.model
+    return partial(load_decoder, d.source, absolute(folder), absolute(d.text_model), d.device,
+                   image_size=meta["image_size"])
 
 
 # ------------------------------------------------------------ baseline check

@@ -214,6 +214,15 @@ class Tracking:
 
 
 @dataclass(frozen=True)
+class Compute:
+    """Where the embed and generate stages run their batches (failmap.engine)."""
+    engine: Literal["local", "ray"] = "local"
+    workers: int = _p(2, ge=1)
+    gpus_per_worker: float = _p(0.0, ge=0)
+    address: Optional[str] = _p(None, min_len=1)  # null: start a local Ray with num_cpus = workers
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = _p(0, ge=0)  # numpy and torch both refuse negative seeds
     data: Data = _section(Data)
@@ -227,6 +236,7 @@ class Params:
     finetune: Finetune = _section(Finetune)
     evaluate: Evaluate = _section(Evaluate)
     tracking: Tracking = _section(Tracking)
+    compute: Compute = _section(Compute)
 
 
 # ------------------------------------------------- foundation/params.yaml
@@ -416,6 +426,7 @@ def _check_cross_fields(p: Params) -> None:
                             f"one of {vocab_key} ({' | '.join(vocab)}) since world.planted_attribute "
                             f"is {w.planted_attribute}")
     _check_foundation_models(p)
+    _check_engine(p.compute)
     if p.generate.n_captions > p.caption.top_k:
         raise _fail("generate.n_captions", p.generate.n_captions,
                     f"<= caption.top_k ({p.caption.top_k}): only that many hard captions are kept")
@@ -432,6 +443,28 @@ def _check_cross_fields(p: Params) -> None:
     if "noun" not in slots or not slots <= set(CAPTION_SLOTS):
         raise _fail("caption.template", template,
                     f"a string containing {{noun}} and no placeholders other than {allowed}")
+
+
+RAY_MODULES = ("ray", "pyarrow", "pandas")  # what `ray.data` needs: the optional extra installs all three
+
+
+def _check_engine(c: Compute) -> None:
+    """engine ray needs the optional extra; checked by module lookup only (importing
+    Ray takes seconds, and every stage validates the whole file)."""
+    if c.engine != "ray":
+        return
+    import importlib.util
+    missing = []
+    for name in RAY_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a module set to None in sys.modules, or without a spec
+            found = False
+        if not found:
+            missing.append(name)
+    if missing:
+        raise _fail("compute.engine", c.engine, f"local, or Ray installed for engine ray: {', '.join(missing)} "
+                    f"cannot be imported; install the optional extra with: pip install -e '.[ray]'")
 
 
 def _check_foundation_models(p: Params) -> None:
