@@ -59,6 +59,23 @@ def test_confuser_carries_planted_value_in_train(world):
         assert share > 0.45, (c, confuser, share)
 
 
+def _confuser_share(world, split):
+    planted = {c: v["value"] for c, v in world.meta["planted"].items()}
+    classes = SMALL["classes"]
+    rows = _rows(world, split)
+    return np.mean([np.mean([r["context"] == planted[c] for r in rows if r["class_name"] == classes[(k + 1) % len(classes)]])
+                    for k, c in enumerate(classes)])
+
+
+def test_eval_confuser_rate_carries_the_train_co_occurrence_into_eval(world):
+    # null (the fixture): in val the confuser's value is no more common than any other non-planted value
+    assert _confuser_share(world, "val") < 0.3          # (1 - 0.3) / 4 = 0.175 expected
+    carried = generate_world(seed=3, **dict(SMALL, eval_confuser_rate=0.5))
+    assert 0.43 < _confuser_share(carried, "val") < 0.57
+    assert 0.25 < np.mean([r["subpop"] for r in _rows(carried, "val")]) < 0.35  # the planted share is unchanged
+    assert np.array_equal(carried.splits["train"].images, world.splits["train"].images)  # train unchanged
+
+
 def test_subpop_flag_matches_attributes(world):
     planted = {c: v["value"] for c, v in world.meta["planted"].items()}
     for r in world.ground_truth:

@@ -12,7 +12,11 @@ attribute (a context by default) is rare among the class's *train* images
 rarity bite the way real dataset bias does, the class's *confuser* (the next
 class) carries ``v_k`` in ``confuser_rate`` of its train images, so in train
 ``v_k`` is evidence for the confuser; a classifier that leans on it fails on
-class ``k`` in context ``v_k``. No object is drawn in a colour too close to
+class ``k`` in context ``v_k``. ``eval_confuser_rate`` carries that
+co-occurrence into val, test and pool (as in CelebA, where test follows the
+training distribution), so that what the classifier gets wrong there is the
+planted subpopulation, not every image whose context breaks the train
+correlation; null draws the confuser's value there like any other. No object is drawn in a colour too close to
 its background's (``min_contrast``), so that the errors the world causes are
 the planted ones, not invisible objects. The corpus (what the world's own CLIP and
 decoder pre-train on) is unbiased: every attribute uniform and independent.
