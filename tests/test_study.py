@@ -80,3 +80,16 @@ def test_aggregate_leaves_a_missing_file_out_of_n():
     assert table["none: planted subpopulation accuracy"]["n"] == 2
     assert table["planted gap, mean over classes"]["n"] == 3
     np.testing.assert_allclose(table["none: planted subpopulation accuracy"]["mean"], 0.55)
+
+
+def test_queue_states_read_the_last_column_whatever_the_date_holds():
+    from failmap.study import queue_states
+    text = """Task     Name           Created    Status
+722ad61  s-seed1  01:24 PM   Running
+c671a3f  s-seed2  Dec 01, 2026   Queued
+4c1376c  s-seed0  01:24 PM   Success
+9999999  other    01:24 PM   Failed
+
+Worker status: 1 active, 0 idle"""
+    assert queue_states(text, ["s-seed0", "s-seed1", "s-seed2"]) == {
+        "s-seed1": "Running", "s-seed2": "Queued", "s-seed0": "Success"}

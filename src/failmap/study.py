@@ -181,6 +181,18 @@ def run_name(study: str, seed: int) -> str:
     return f"{study}-seed{seed}"
 
 
+def queue_states(status: str, names: Sequence[str]) -> dict[str, str]:
+    """{experiment name: state} from ``dvc queue status`` text (columns Task,
+    Name, Created, Status; Created holds spaces, e.g. "01:24 PM", so the state
+    is the last word of a row)."""
+    out = {}
+    for line in status.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[1] in names:
+            out[words[1]] = words[-1]
+    return out
+
+
 def queue_and_run(study: str, seeds: Sequence[int], overrides: Sequence[str] = (), jobs: int = 1,
                   poll_seconds: float = 15.0) -> list[str]:
     """Queue one experiment per seed (``-S seed=N`` plus ``overrides``), run the
@@ -195,9 +207,7 @@ def queue_and_run(study: str, seeds: Sequence[int], overrides: Sequence[str] = (
     _dvc("queue", "start", "-j", str(jobs))
     start = time.time()
     while True:
-        status = _dvc("queue", "status").stdout
-        rows = {line.split()[1]: line.split()[3] for line in status.splitlines()[1:]
-                if len(line.split()) >= 4 and line.split()[1] in names}
+        rows = queue_states(_dvc("queue", "status").stdout, names)
         waiting = [n for n, s in rows.items() if s in ("Queued", "Running")]
         print(f"[{time.time() - start:6.0f} s] " + ", ".join(f"{n}: {s}" for n, s in sorted(rows.items())), flush=True)
         if rows and not waiting:
