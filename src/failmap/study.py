@@ -28,6 +28,7 @@ import numpy as np
 ARMS = ("none", "generic", "caption", "direction", "pool_svm", "pool_random", "pool_confidence")
 STUDY_METRICS = "metrics/study"   # <name>.json: the table
 STUDY_PLOTS = "plots/study"       # <name>.png: the figures with their intervals
+EVALUATE = "metrics/evaluate.json"  # the last stage's metrics: an experiment that has them finished
 
 
 @dataclass(frozen=True)
@@ -93,21 +94,26 @@ FIGURES: tuple[Figure, ...] = (
 
 # ------------------------------------------------------------------ reading
 def experiments(exp_show: list, prefix: str) -> dict[str, dict]:
-    """{experiment name: its entry} for the experiments of ``dvc exp show --json``
-    whose name starts with ``prefix`` (the workspace and commits are skipped)."""
+    """{experiment name: its entry} for the *finished* experiments of ``dvc exp
+    show --json`` whose name starts with ``prefix``: a queued, running or
+    failed one (its group's ``executor.state``) is left out, since DVC shows
+    it with its parent commit's metrics. The workspace and commits are skipped."""
     found: dict[str, dict] = {}
 
-    def walk(node):
+    def walk(node, state=None):
         if isinstance(node, list):
             for item in node:
-                walk(item)
+                walk(item, state)
         elif isinstance(node, dict):
+            if "revs" in node:
+                state = (node.get("executor") or {}).get("state")
             name = node.get("name")
-            if isinstance(name, str) and name.startswith(prefix) and isinstance(node.get("data"), dict):
+            if isinstance(name, str) and name.startswith(prefix) and isinstance(node.get("data"), dict) \
+                    and state in (None, "success") and not node.get("error"):
                 found[name] = node
             for value in node.values():
                 if isinstance(value, (list, dict)):
-                    walk(value)
+                    walk(value, state)
     walk(exp_show)
     return found
 
@@ -216,9 +222,12 @@ def queue_and_run(study: str, seeds: Sequence[int], overrides: Sequence[str] = (
 
 
 def collect(study: str) -> dict[str, dict[str, dict]]:
-    """{experiment name: {metrics file: content}} of the study's finished experiments."""
-    shown = json.loads(_dvc("exp", "show", "--json").stdout)
-    return {name: metrics_of(entry) for name, entry in sorted(experiments(shown, f"{study}-seed").items())}
+    """{experiment name: {metrics file: content}} of the study's finished
+    experiments, on any commit (``--all-commits``: a study outlives the commit
+    it was queued on); a queued, running or failed one has no metrics yet."""
+    shown = json.loads(_dvc("exp", "show", "--json", "--all-commits").stdout)
+    runs = {name: metrics_of(entry) for name, entry in sorted(experiments(shown, f"{study}-seed").items())}
+    return {name: files for name, files in runs.items() if EVALUATE in files}
 
 
 def write_study(study: str, table: dict, runs: Mapping[str, dict], failed: Sequence[str], overrides: Sequence[str],
