@@ -14,7 +14,7 @@ def entry(name, seed, gap, ap_svm, none_sub, direction_sub, hard=0.2, neutral=0.
         "metrics/baseline.json": {"test": {"accuracy": 0.9, "subpop": {
             "mean_gap": gap, "per_class": {"a": {"gap": gap - 0.05}, "b": {"gap": gap + 0.05}}}}},
         "metrics/svm.json": {"mean": {"svm": {"subpop_ap": ap_svm}, "confidence": {"subpop_ap": 0.6},
-                                      "random": {"subpop_ap": 0.2}}, "skipped": skipped or {}},
+                                      "random": {"subpop_ap": 0.2}}, **({"skipped": skipped} if skipped else {})},
         "metrics/captions.json": {"planted_in_top3_hard": {"fraction": 1.0}},
         "metrics/evaluate.json": {"arms": {"none": {"hard_acc_gt": {"mean": none_sub}, "test_acc": {"mean": 0.9}},
                                            "direction": {"hard_acc_gt": {"mean": direction_sub},

@@ -156,28 +156,43 @@ def bar_plot(values: dict[str, float], errors: dict[str, float] | None, path: st
 
 def interval_plot(table: dict[str, dict], path: str | Path, title: str) -> Path:
     """A PNG with one row per figure of a study table ({name: mean, low, high,
-    values}): each run's value as a dot, the mean as a bar tick and its 95 %
-    interval as a line. Figures outside 0..1 (counts) are left to the table."""
+    values}): each run's value as a dot, the mean as a tick and its 95 %
+    interval as a line. Shares (0..1) on one axis, differences (names with
+    " minus ") on a second one centred on 0; counts are left to the table."""
     from matplotlib.figure import Figure
 
-    rows = [(name, r) for name, r in table.items() if r.get("mean") is not None and 0.0 <= r["mean"] <= 1.0]
-    if not rows:
-        raise ValueError("interval_plot: no figure with a mean in 0..1")
-    fig = Figure(figsize=(8.0, 0.32 * len(rows) + 1.2), dpi=110, layout="constrained")
-    ax = fig.subplots()
-    for y, (name, r) in enumerate(rows):
-        dots = [v for v in r.get("values", {}).values() if v is not None]
-        ax.plot(dots, [y] * len(dots), "o", color="#999999", markersize=3, zorder=2)
-        if r.get("low") is not None:
-            ax.plot([r["low"], r["high"]], [y, y], color="#4c72b0", linewidth=3, zorder=3)
-        ax.plot([r["mean"]], [y], "|", color="#c44e52", markersize=14, markeredgewidth=2, zorder=4)
-    ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("value (grey: one seed; red: mean; blue: 95 % interval of the mean)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(axis="x", alpha=0.3)
-    ax.set_axisbelow(True)
+    def kind(name, r):
+        if r.get("mean") is None:
+            return None
+        if " minus " in name:
+            return "difference"
+        return "share" if 0.0 <= r["mean"] <= 1.0 else None
+    panels = {k: [(n, r) for n, r in table.items() if kind(n, r) == k] for k in ("share", "difference")}
+    panels = {k: rows for k, rows in panels.items() if rows}
+    if not panels:
+        raise ValueError("interval_plot: no figure with a mean in 0..1 or a difference")
+    heights = [0.3 * len(rows) + 0.9 for rows in panels.values()]
+    fig = Figure(figsize=(8.5, sum(heights) + 0.6), dpi=110, layout="constrained")
+    axes = fig.subplots(len(panels), 1, height_ratios=heights, squeeze=False)[:, 0]
+    for ax, (panel, rows) in zip(axes, panels.items()):
+        for y, (name, r) in enumerate(rows):
+            dots = [v for v in r.get("values", {}).values() if v is not None]
+            ax.plot(dots, [y] * len(dots), "o", color="#999999", markersize=3, zorder=2)
+            if r.get("low") is not None:
+                ax.plot([r["low"], r["high"]], [y, y], color="#4c72b0", linewidth=3, zorder=3)
+            ax.plot([r["mean"]], [y], "|", color="#c44e52", markersize=14, markeredgewidth=2, zorder=4)
+        ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=7)
+        ax.invert_yaxis()
+        if panel == "share":
+            ax.set_xlim(0, 1)
+        else:
+            reach = max(0.05, *(abs(v) for _, r in rows for v in (r["low"], r["high"], r["mean"]) if v is not None))
+            ax.set_xlim(-1.1 * reach, 1.1 * reach)
+            ax.axvline(0, color="black", linewidth=0.8)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_axisbelow(True)
+    axes[0].set_title(title, fontsize=9)
+    axes[-1].set_xlabel("grey: one seed; red: mean; blue: 95 % interval of the mean")
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -56,7 +56,9 @@ def _min_class_gap(baseline: dict) -> float | None:
 
 
 def _n_skipped(svm: dict) -> float | None:
-    return None if "skipped" not in svm else float(len(svm["skipped"] or {}))
+    """Classes without an SVM; DVC drops an empty ``skipped`` dict from what
+    ``dvc exp show`` returns, so a written svm.json without it skipped none."""
+    return float(len(svm.get("skipped") or {})) if svm else None
 
 
 def _largest_alpha(generated: dict) -> str | None:
@@ -86,6 +88,11 @@ FIGURES: tuple[Figure, ...] = (
     *(Figure(f"{arm}: planted subpopulation accuracy", "metrics/evaluate.json",
              _at("arms", arm, "hard_acc_gt", "mean")) for arm in ARMS),
     *(Figure(f"{arm}: test accuracy", "metrics/evaluate.json", _at("arms", arm, "test_acc", "mean")) for arm in ARMS),
+    # paired per seed: the gain of an arm over none within one world, then its interval over worlds
+    *(Figure(f"{arm} minus none: planted subpopulation accuracy", "metrics/evaluate.json",
+             _at("delta_vs_none", arm, "hard_acc_gt")) for arm in ARMS[1:]),
+    *(Figure(f"{arm} minus none: test accuracy", "metrics/evaluate.json",
+             _at("delta_vs_none", arm, "test_acc")) for arm in ARMS[1:]),
     Figure("decoded eval images, baseline accuracy: hard", "metrics/generated.json", _decoded("hard")),
     Figure("decoded eval images, baseline accuracy: neutral", "metrics/generated.json", _decoded("neutral")),
     Figure("decoded eval images, baseline accuracy: easy", "metrics/generated.json", _decoded("easy")),
