@@ -122,7 +122,8 @@ def test_two_seed_study_queues_experiments_and_aggregates_them(repro, tmp_path):
                    GIT_COMMITTER_EMAIL="t@t")
     _run(["git", "add", "-A"], study_repo, git_env)
     _run(["git", "commit", "-qm", "tiny pipeline"], study_repo, git_env)
-    _run([sys.executable, "scripts/seed_study.py", "--name", "tiny", "--seeds", "0", "1"], study_repo, git_env)
+    _run([sys.executable, str(REPO / "scripts" / "seed_study.py"), "--name", "tiny", "--seeds", "0", "1"],
+         study_repo, git_env)
     study = json.loads((study_repo / "metrics" / "study" / "tiny.json").read_text())
     assert study["runs"] == ["tiny-seed0", "tiny-seed1"] and study["failed"] == []
     gap = study["figures"]["planted gap, mean over classes"]
