@@ -87,16 +87,22 @@ def test_killed_run_resumes_to_identical_metrics(repro, tmp_path):
         assert (work / "models" / model).read_bytes() == (other / "models" / model).read_bytes(), model
 
 
+def _committed_copy(repro, dest):
+    """A copy of the reproduced tiny repository with everything committed (DVC
+    experiments start from a commit), and the environment git needs for it."""
+    work, env, _ = repro
+    shutil.copytree(work, dest, symlinks=True)
+    git_env = dict(env, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+                   GIT_COMMITTER_EMAIL="t@t")
+    _run(["git", "add", "-A"], dest, git_env)
+    _run(["git", "commit", "-qm", "tiny pipeline"], dest, git_env)
+    return dest, git_env
+
+
 def test_method_param_experiment_reruns_only_downstream_stages(repro, tmp_path):
     """`dvc exp run -S caption.top_k=2` re-runs caption and what follows it;
     the baseline, both foundation models, embeddings and SVMs come from the run cache."""
-    work, env, _ = repro
-    exp_repo = tmp_path / "exp"
-    shutil.copytree(work, exp_repo, symlinks=True)
-    git_env = dict(env, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-                   GIT_COMMITTER_EMAIL="t@t")
-    _run(["git", "add", "-A"], exp_repo, git_env)
-    _run(["git", "commit", "-qm", "tiny pipeline"], exp_repo, git_env)
+    exp_repo, git_env = _committed_copy(repro, tmp_path / "exp")
     result = _run([sys.executable, "-m", "dvc", "exp", "run", "-n", "topk2", "-S", "caption.top_k=2"],
                   exp_repo, git_env)
     ran = set(re.findall(r"Running stage '(\w+)'", result.stdout))
@@ -115,13 +121,7 @@ def test_method_param_experiment_reruns_only_downstream_stages(repro, tmp_path):
 def test_two_seed_study_queues_experiments_and_aggregates_them(repro, tmp_path):
     """scripts/seed_study.py: one queued DVC experiment per seed, run by `dvc queue
     start`, read back from `dvc exp show --json` into the study table and plot."""
-    work, env, _ = repro
-    study_repo = tmp_path / "study"
-    shutil.copytree(work, study_repo, symlinks=True)
-    git_env = dict(env, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-                   GIT_COMMITTER_EMAIL="t@t")
-    _run(["git", "add", "-A"], study_repo, git_env)
-    _run(["git", "commit", "-qm", "tiny pipeline"], study_repo, git_env)
+    study_repo, git_env = _committed_copy(repro, tmp_path / "study")
     _run([sys.executable, str(REPO / "scripts" / "seed_study.py"), "--name", "tiny", "--seeds", "0", "1"],
          study_repo, git_env)
     study = json.loads((study_repo / "metrics" / "study" / "tiny.json").read_text())
