@@ -73,7 +73,6 @@ SIDES = ("hard", "neutral", "easy")
 MANIFEST_FIELDS = ("id", "set", "class", "label", "side", "alpha", "caption", "seed", "noise_index", "file", "index")
 
 EmbedTexts = Callable[[list[str]], np.ndarray]
-WALKS = ("extent", "normal")
 EXTENT_QUANTILE = 0.95  # alpha 1 of ``walk: extent``: as far as all but 5 % of the class's own images reach
 
 

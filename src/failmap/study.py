@@ -36,7 +36,6 @@ class Figure:
     name: str
     file: str                          # metrics file the experiment's figure is read from
     read: Callable[[dict], float | None]
-    unit: str = ""
 
 
 def _at(*path: str) -> Callable[[dict], float | None]:

@@ -229,6 +229,21 @@ def _attribute_probs(n_values: int, planted: int, rate: float, confuser_value: i
     return p
 
 
+def _split_probs(name: str, k: int, n_values: int, planted_idx: list[int], train_rate: float, eval_rate: float,
+                 confuser_rate: float, eval_confuser_rate: float | None) -> np.ndarray:
+    """Distribution over the planted attribute's values for class ``k`` in split ``name``."""
+    if name == CORPUS:
+        return np.full(n_values, 1.0 / n_values)
+    # the class whose confuser is k: class k carries that class's planted value often
+    confused = (k - 1) % len(planted_idx)
+    conf_value = planted_idx[confused] if planted_idx[confused] != planted_idx[k] else None
+    if name == "train":
+        return _attribute_probs(n_values, planted_idx[k], train_rate, conf_value, confuser_rate)
+    # eval_confuser_rate None: the confuser's value gets the same share as every other value
+    return _attribute_probs(n_values, planted_idx[k], eval_rate,
+                            None if eval_confuser_rate is None else conf_value, eval_confuser_rate or 0.0)
+
+
 def sample_split(name: str, n: int, *, classes, colours, contexts, planted_attribute, planted,
                  train_rate, eval_rate, confuser_rate, noise, min_size, max_size, seed,
                  split_index: int, min_contrast: float = MIN_CONTRAST, side: int = 32,
@@ -247,20 +262,11 @@ def sample_split(name: str, n: int, *, classes, colours, contexts, planted_attri
     rng.shuffle(labels)
     images = np.empty((n, side, side, 3), dtype=np.uint8)
     captions, rows = [], []
+    probs = [_split_probs(name, k, len(values), planted_idx, train_rate, eval_rate, confuser_rate,
+                          eval_confuser_rate) for k in range(n_cls)]
     for i in tqdm(range(n), desc=f"world {name}", leave=False, mininterval=2):
         k = int(labels[i])
-        # the class whose confuser is k: class k carries that class's planted value often
-        confused = (k - 1) % n_cls
-        conf_value = planted_idx[confused] if planted_idx[confused] != planted_idx[k] else None
-        if name == CORPUS:
-            p = np.full(len(values), 1.0 / len(values))
-        elif name == "train":
-            p = _attribute_probs(len(values), planted_idx[k], train_rate, conf_value, confuser_rate)
-        else:
-            # eval_confuser_rate None: the confuser's value gets the same share as every other value
-            p = _attribute_probs(len(values), planted_idx[k], eval_rate,
-                                 None if eval_confuser_rate is None else conf_value, eval_confuser_rate or 0.0)
-        v = int(rng.choice(len(values), p=p))
+        v = int(rng.choice(len(values), p=probs[k]))
         options = others[values[v]]  # the other attribute: uniform over the pairs with contrast
         other = options[int(rng.integers(len(options)))]
         colour, context = (other, values[v]) if by_context else (values[v], other)
