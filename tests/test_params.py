@@ -228,6 +228,14 @@ def test_duplicates_in_world_vocabularies(key):
 
 # ------------------------------------------------------------ cross-field errors
 
+def test_planted_shares_must_leave_a_distribution():
+    msg = error_of({"world": {"train_rate": 0.3, "confuser_rate": 0.8}})
+    assert "world.confuser_rate = 0.8" in msg and "1 - world.train_rate (0.7)" in msg
+    msg = error_of({"world": {"eval_rate": 0.5, "eval_confuser_rate": 0.64}})
+    assert "world.eval_confuser_rate = 0.64" in msg and "1 - world.eval_rate (0.5)" in msg
+    assert params_from_dict({"world": {"eval_rate": 0.5, "eval_confuser_rate": None}}).world.eval_rate == 0.5
+
+
 def test_min_size_above_max_size():
     msg = error_of({"world": {"min_size": 0.9, "max_size": 0.5}})
     assert "world.min_size = 0.9" in msg and "world.max_size (0.5)" in msg

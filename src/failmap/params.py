@@ -413,6 +413,14 @@ def _check_cross_fields(p: Params) -> None:
     w = p.world
     if w.min_size > w.max_size:
         raise _fail("world.min_size", w.min_size, f"<= world.max_size ({w.max_size})")
+    # each split's shares of the planted value and of the confuser's value must leave a distribution
+    if w.train_rate + w.confuser_rate > 1:
+        raise _fail("world.confuser_rate", w.confuser_rate,
+                    f"<= 1 - world.train_rate ({1 - w.train_rate:g}): both are shares of one class's train images")
+    if w.eval_confuser_rate is not None and w.eval_rate + w.eval_confuser_rate > 1:
+        raise _fail("world.eval_confuser_rate", w.eval_confuser_rate,
+                    f"null or <= 1 - world.eval_rate ({1 - w.eval_rate:g}): both are shares of one class's "
+                    f"val / test / pool images")
     if w.planted_values is not None:
         if len(w.planted_values) != len(w.classes):
             raise _fail("world.planted_values", w.planted_values,
