@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -53,3 +54,18 @@ def read_json(path: str | Path):
     if not path.exists():
         raise FileNotFoundError(f"{path} not found (has the stage that writes it run?)")
     return json.loads(path.read_text())
+
+
+def flatten(tree: Mapping, sep: str = ".", prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``, the key naming of ``dvc metrics diff``
+    and ``dvc exp run -S``; leaves (lists included) are kept as they are."""
+    if not isinstance(tree, Mapping):
+        raise TypeError(f"expected a mapping to flatten, got {type(tree).__name__}")
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, sep, name))
+        else:
+            flat[name] = value
+    return flat
