@@ -5,13 +5,13 @@ report its zero-shot quality on test.
   checked against its model card; nothing is trained.
 - clip.source corpus: train one on the data's captioned corpus split.
 - clip.source open_clip: nothing to do here (embed loads the pretrained model)."""
-from dataclasses import asdict
 
 from failmap.clip_train import train_clip, world_attributes, zero_shot_report
 from failmap.data import load_ground_truth, load_meta, load_split
 from failmap.embedder import load_embedder
 from failmap.foundation import CLIP_NAME, install_shipped
 from failmap.io import write_json
+from failmap.params import as_dict
 from failmap.stage import CLIP_DIR, METRICS, PREPARED, run_stage
 
 
@@ -33,7 +33,7 @@ def main():
                                  f"'{p.data.source}' has none (use data.source: world, or imagefolder with "
                                  f"data.captions_file) — or set clip.source: open_clip")
             corpus = load_split(PREPARED, "corpus")
-            train_metrics = train_clip(corpus.images, corpus.captions, CLIP_DIR, **asdict(p.clip.train),
+            train_metrics = train_clip(corpus.images, corpus.captions, CLIP_DIR, **as_dict(p.clip.train),
                                        seed=p.seed, device=p.clip.device)
             metrics = {"source": "corpus", "trained": True, "final_loss": train_metrics.get("final_loss"),
                        "params_m": train_metrics.get("n_params", 0) / 1e6}

@@ -6,7 +6,6 @@ models/decoder, then check it draws what captions say of this task's classes.
   is trained.
 - decoder.source corpus: train one on the corpus's CLIP image embeddings.
 - decoder.source unclip: nothing to do here (generate loads the pretrained one)."""
-from dataclasses import asdict
 
 from failmap.data import load_meta, load_split
 from failmap.decoder import check_compatible, sampling_settings
@@ -18,6 +17,7 @@ from failmap.embedder import load_embedder
 from failmap.foundation import DECODER_NAME, install_shipped
 from failmap.io import write_json
 from failmap.models import load_classifier
+from failmap.params import as_dict
 from failmap.plots import image_grid
 from failmap.stage import BASELINE_MODEL, CLIP_DIR, DECODER_DIR, METRICS, PLOTS, PREPARED, run_stage
 
@@ -46,7 +46,7 @@ def main():
             image_embeds = embedder.embed_images(corpus.images)
             text_embeds = embedder.embed_texts_per_row(corpus.captions)
             train_metrics = train_decoder(corpus.images, image_embeds, text_embeds, DECODER_DIR,
-                                          space=embedder.space, seed=p.seed, device=d.device, **asdict(d.train))
+                                          space=embedder.space, seed=p.seed, device=d.device, **as_dict(d.train))
             metrics = {"source": "corpus", "trained": True, "final_loss": train_metrics["final_loss"],
                        "final_loss_vs_zero_prediction": train_metrics["final_loss_vs_zero_prediction"],
                        "n_parameters": train_metrics["n_parameters"]}

@@ -131,10 +131,12 @@ def test_mixed_precision_sampling_draws_the_same_images_within_rounding(trained)
 
 def test_sampling_settings_pass_mixed_precision_to_the_world_decoder_only():
     from failmap.decoder import sampling_settings
-    from failmap.params import Decoder
-    world = sampling_settings(Decoder(mixed_precision=False))
+    from failmap.params import load_params
+    from failmap.smoke import repo_root
+    decoder = load_params(repo_root() / "params.yaml").decoder
+    world = sampling_settings(decoder.model_copy(update=dict(mixed_precision=False)))
     assert world == dict(guidance_scale=5.0, num_inference_steps=15, batch_size=64, mixed_precision=False)
-    assert "mixed_precision" not in sampling_settings(Decoder(source="unclip"))
+    assert "mixed_precision" not in sampling_settings(decoder.model_copy(update=dict(source="unclip")))
 
 
 def test_save_pretrained_from_pretrained_same_images(trained, tmp_path):

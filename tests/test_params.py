@@ -1,5 +1,6 @@
-"""params.yaml schema: the real file loads, defaults fill gaps, and every bad
-input fails with a message naming the dotted key and the offending value."""
+"""params.yaml schema: the real file loads, override files are laid over it,
+and every bad input fails with a message naming the dotted key and the
+offending value."""
 from __future__ import annotations
 
 import subprocess
@@ -9,15 +10,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from failmap.params import ParamsError, Params, as_dict, flatten, load_params, main, params_from_dict
+from failmap.io import flatten
+from failmap.params import ParamsError, Params, apply, as_dict, load_params, main, overlay, params_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO / "params.yaml"
+DEFAULT = yaml.safe_load(REAL.read_text())
 
 
-def error_of(raw) -> str:
+def over_default(over: dict):
+    """The params of ``over`` laid over params.yaml, as an override file is."""
+    return params_from_dict(overlay(DEFAULT, over))
+
+
+def error_of(over) -> str:
     with pytest.raises(ParamsError) as info:
-        params_from_dict(raw)
+        over_default(over)
     return str(info.value)
 
 
@@ -38,39 +46,50 @@ def test_real_params_yaml_loads_and_spells_out_every_key():
     assert isinstance(params, Params)
     raw = yaml.safe_load(REAL.read_text())
     # Every schema key is written in params.yaml (nothing rests on a hidden default), and back.
-    assert dotted_keys(raw) == set(flatten(params))
+    assert dotted_keys(raw) == set(flatten(as_dict(params)))
 
 
-def test_defaults_are_valid():
-    assert params_from_dict(as_dict(Params())) == Params()
+def test_loaded_default_params_are_exactly_params_yaml():
+    params = load_params(REAL)
+    assert as_dict(params) == DEFAULT
+    assert params_from_dict(as_dict(params)) == params
 
 
-def test_partial_file_takes_defaults(tmp_path):
+def test_partial_file_is_laid_over_params_yaml(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("seed: 7\nworld:\n  n_train: 60\nclip:\n  train:\n    steps: 3\n")
-    params = load_params(path)
+    params, default = load_params(REAL, over=[path]), load_params(REAL)
     assert (params.seed, params.world.n_train, params.clip.train.steps) == (7, 60, 3)
-    assert params.world.classes == Params().world.classes
-    assert params.clip.train.lr == Params().clip.train.lr
-    assert params.svm == Params().svm
+    assert params.world.classes == default.world.classes
+    assert params.clip.train.lr == default.clip.train.lr
+    assert params.svm == default.svm
+
+
+def test_partial_file_alone_names_the_missing_key(tmp_path):
+    """No default lives in the schema: a key absent from the effective params is refused by name."""
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(overlay(DEFAULT, {"baseline": {"lr": None}})).replace("  lr: null\n", ""))
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    assert "p.yaml" in str(info.value) and "baseline.lr: missing" in str(info.value)
 
 
 def test_int_accepted_where_float_expected():
-    params = params_from_dict({"baseline": {"lr": 1}, "svm": {"c_grid": [1, 0.5]}})
+    params = over_default({"baseline": {"lr": 1}, "svm": {"c_grid": [1, 0.5]}})
     assert params.baseline.lr == 1.0 and isinstance(params.baseline.lr, float)
     assert all(isinstance(c, float) for c in params.svm.c_grid)
 
 
 def test_planted_values_from_the_chosen_vocabulary_pass():
     colours = ["red", "blue", "red"]
-    params = params_from_dict({"world": {"classes": ["circle", "square", "star"], "planted_attribute": "colour",
-                                         "planted_values": colours}})
+    params = over_default({"world": {"classes": ["circle", "square", "star"], "planted_attribute": "colour",
+                                     "planted_values": colours}})
     assert params.world.planted_values == colours
 
 
 def test_flatten_round_trips_to_as_dict():
-    params = params_from_dict({"seed": 3, "finetune": {"seeds": [4]}})
-    flat = flatten(params)
+    params = over_default({"seed": 3, "finetune": {"seeds": [4]}})
+    flat = flatten(as_dict(params))
     assert flat["seed"] == 3 and flat["finetune.seeds"] == [4]
     assert flat["clip.train.lr"] == params.clip.train.lr
     nested: dict = {}
@@ -112,7 +131,7 @@ def test_key_error_from_file_names_file_and_key(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("world:\n  train_rate: 1.5\n")
     with pytest.raises(ParamsError) as info:
-        load_params(path)
+        load_params(REAL, over=[path])
     assert "p.yaml" in str(info.value) and "world.train_rate = 1.5" in str(info.value)
 
 
@@ -154,7 +173,8 @@ def test_wrong_type(raw, key, shown, expected):
     ({"world": {"eval_rate": -0.1}}, "world.eval_rate", "-0.1", "[0, 1]"),
     ({"world": {"noise": float("nan")}}, "world.noise", "nan", "[0, 1]"),
     ({"world": {"n_train": 0}}, "world.n_train", "0", ">= 1"),
-    ({"data": {"n_pool": -1}}, "data.n_pool", "-1", ">= 0"),
+    ({"~data": None, "data": {"source": "cifar10", "root": "r", "download": False, "n_val": 1, "n_pool": -1}},
+     "data.n_pool", "-1", ">= 0"),
     ({"baseline": {"lr": 0}}, "baseline.lr", "0", "> 0"),
     ({"finetune": {"momentum": 1}}, "finetune.momentum", "1", "[0, 1)"),
     ({"seed": -3}, "seed", "-3", ">= 0"),
@@ -187,9 +207,9 @@ def test_choice_not_allowed(section, key, allowed):
 
 
 def test_compute_defaults_to_the_local_engine():
-    c = params_from_dict({}).compute
+    c = load_params(REAL).compute
     assert (c.engine, c.workers, c.gpus_per_worker, c.address) == ("local", 2, 0.0, None)
-    c = params_from_dict({"compute": {"workers": 4, "gpus_per_worker": 1, "address": "ray://head:10001"}}).compute
+    c = over_default({"compute": {"workers": 4, "gpus_per_worker": 1, "address": "ray://head:10001"}}).compute
     assert (c.workers, c.gpus_per_worker, c.address) == (4, 1.0, "ray://head:10001")
     assert isinstance(c.gpus_per_worker, float)
 
@@ -199,7 +219,7 @@ def test_ray_engine_without_ray_installed_names_the_extra(monkeypatch):
     msg = error_of({"compute": {"engine": "ray", "workers": 2}})
     assert "compute.engine = 'ray'" in msg and "ray cannot be imported" in msg
     assert "pip install -e '.[ray]'" in msg
-    assert params_from_dict({"compute": {"engine": "local"}}).compute.engine == "local"  # local needs no Ray
+    assert over_default({"compute": {"engine": "local"}}).compute.engine == "local"  # local needs no Ray
 
 
 def test_arm_not_allowed():
@@ -233,7 +253,7 @@ def test_planted_shares_must_leave_a_distribution():
     assert "world.confuser_rate = 0.8" in msg and "1 - world.train_rate (0.7)" in msg
     msg = error_of({"world": {"eval_rate": 0.5, "eval_confuser_rate": 0.64}})
     assert "world.eval_confuser_rate = 0.64" in msg and "1 - world.eval_rate (0.5)" in msg
-    assert params_from_dict({"world": {"eval_rate": 0.5, "eval_confuser_rate": None}}).world.eval_rate == 0.5
+    assert over_default({"world": {"eval_rate": 0.5, "eval_confuser_rate": None}}).world.eval_rate == 0.5
 
 
 def test_min_size_above_max_size():
@@ -286,7 +306,7 @@ def test_caption_arm_settings_that_cannot_work_are_refused():
     assert "generate.n_captions = 11" in msg and "caption.top_k (10)" in msg
     msg = error_of({"decoder": {"source": "unclip"}})
     assert "generate.caption_weight = 0.6" in msg and "unclip" in msg
-    assert params_from_dict({"decoder": {"source": "unclip"}, "generate": {"caption_weight": 1.0}}).generate.n_captions == 1
+    assert over_default({"decoder": {"source": "unclip"}, "generate": {"caption_weight": 1.0}}).generate.n_captions == 1
 
 
 @pytest.mark.parametrize("template", ["a photo of a {adjective} thing", "a {colour} {noun}", "a {noun"])
@@ -299,8 +319,8 @@ def test_caption_template_needs_noun_and_known_slots(template):
 
 def test_main_reports_ok_and_errors(tmp_path, capsys):
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
-    good.write_text("seed: 1\n")
-    bad.write_text("svm:\n  folds: 1\n")
+    good.write_text(REAL.read_text().replace("seed: 0", "seed: 1"))
+    bad.write_text(yaml.safe_dump(overlay(DEFAULT, {"svm": {"folds": 1}})))
     assert main([str(good)]) == 0
     assert capsys.readouterr().out.strip() == "ok"
     assert main([str(bad)]) == 2
@@ -309,6 +329,75 @@ def test_main_reports_ok_and_errors(tmp_path, capsys):
 
 def test_module_entry_point_exits_2_on_error(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("world:\n  classes: circle\n")
+    bad.write_text(yaml.safe_dump(overlay(DEFAULT, {"world": {"classes": "circle"}})))
     done = subprocess.run([sys.executable, "-m", "failmap.params", str(bad)], capture_output=True, text=True)
     assert done.returncode == 2 and "world.classes = 'circle'" in done.stderr
+
+
+# ------------------------------------------------------------ override files
+
+def test_overlay_merges_mappings_replaces_the_rest_and_modifies_nothing():
+    base = {"a": 1, "b": {"c": 2, "d": [1, 2]}, "e": {"f": 3}}
+    assert overlay(base, {"b": {"d": [3]}, "e": None}) == {"a": 1, "b": {"c": 2, "d": [3]}, "e": None}
+    assert base == {"a": 1, "b": {"c": 2, "d": [1, 2]}, "e": {"f": 3}}  # not modified
+
+
+def test_overlay_tilde_removes_a_key_before_the_rest_applies():
+    base = {"data": {"source": "world", "image_size": 32}, "seed": 0}
+    assert overlay(base, {"~data": None, "data": {"source": "cifar10"}}) == {"data": {"source": "cifar10"}, "seed": 0}
+    assert overlay(base, {"~seed": None}) == {"data": base["data"]}
+    with pytest.raises(ParamsError, match="~seed = 3: expected nothing"):
+        overlay(base, {"~seed": 3})
+
+
+def test_override_file_layers_apply_in_order(tmp_path):
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("seed: 3\nbaseline: {epochs: 2}\n")
+    second.write_text("seed: 4\n")
+    params = load_params(REAL, over=[first, second])
+    assert (params.seed, params.baseline.epochs, params.baseline.lr) == (4, 2, DEFAULT["baseline"]["lr"])
+    with pytest.raises(ParamsError, match=r"params file .*params.yaml \+ .*a.yaml \+ .*b.yaml: seed = -1"):
+        second.write_text("seed: -1\n")
+        load_params(REAL, over=[first, second])
+
+
+# ------------------------------------------------------------ source-specific settings
+
+CIFAR = {"~data": None, "data": {"source": "cifar10", "root": "data/raw", "download": False, "n_val": 10, "n_pool": 5},
+         "clip": {"source": "open_clip"}, "decoder": {"source": "unclip"}, "generate": {"caption_weight": 1.0}}
+
+
+def test_world_settings_only_with_the_world_source():
+    assert over_default(dict(CIFAR, world=None)).world is None
+    msg = error_of(CIFAR)  # the world's settings left in a CIFAR run
+    assert msg.startswith("world = {'classes'") and "null with data.source cifar10" in msg
+    msg = error_of({"world": None})
+    assert "world = None" in msg and "a mapping" in msg and "data.source world" in msg
+    assert "world: missing" in error_of({"~world": None})
+
+
+def test_data_carries_exactly_its_sources_keys():
+    msg = error_of({"data": {"source": "cifar10"}})  # merged into the world's data, not replacing it
+    assert "data.image_size = 32: unknown key" in msg and "not a key of source cifar10" in msg and "~data" in msg
+    msg = error_of({"data": {"minority_keep": 0.5}})
+    assert "data.minority_keep = 0.5: unknown key" in msg and "source, image_size" in msg
+    assert "data.root: missing" in error_of(dict(CIFAR, world=None, data={"source": "imagefolder", "image_size": 8,
+                                                                          "captions_file": None}))
+    assert "data.sourc = 'x': unknown key; did you mean data.source?" in error_of({"data": {"sourc": "x"}})
+
+
+def test_apply_rewrites_params_yaml_with_the_configs_laid_over_it(tmp_path, monkeypatch, capsys):
+    target = tmp_path / "params.yaml"
+    target.write_text(REAL.read_text())
+    configs = [REPO / "configs" / "pretrained.yaml", REPO / "configs" / "cifar10.yaml"]
+    monkeypatch.chdir(tmp_path)  # the command line rewrites the working directory's params.yaml
+    assert main(["apply", *map(str, configs)]) == 0 and capsys.readouterr().out.strip() == "ok"
+    assert load_params(target) == load_params(REAL, over=configs)
+    assert target.read_text().startswith("# params.yaml + ") and load_params(target).world is None
+    assert main(["apply"]) == 2 and "usage" in capsys.readouterr().err
+    before = target.read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("baseline: {epochs: 0}\n")
+    with pytest.raises(ParamsError, match="baseline.epochs = 0"):
+        apply([bad], target)
+    assert target.read_text() == before  # a config that does not validate changes nothing

@@ -2,18 +2,18 @@
 import pytest
 import yaml
 
-from failmap.smoke import TINY_PARAMS, merge, repo_root, tiny_params
+from failmap.params import ParamsError, load_params
+from failmap.smoke import TINY_PARAMS, repo_root, tiny_params
 
 
-def test_merge_lays_overrides_over_nested_params():
-    base = {"a": 1, "b": {"c": 2, "d": [1, 2]}}
-    assert merge(base, {"b": {"d": [3]}}) == {"a": 1, "b": {"c": 2, "d": [3]}}
-    assert base == {"a": 1, "b": {"c": 2, "d": [1, 2]}}  # not modified
-
-
-def test_merge_refuses_a_key_params_yaml_lacks():
-    with pytest.raises(KeyError, match="'epoch' is not a params.yaml key"):
-        merge({"baseline": {"epochs": 1}}, {"baseline": {"epoch": 2}})
+def test_tiny_params_are_valid_and_a_key_params_yaml_lacks_is_refused(tmp_path):
+    """The tiny file is laid over params.yaml by failmap.params.overlay (tested in test_params.py)."""
+    repo = repo_root()
+    assert load_params(repo / "params.yaml", over=[repo / TINY_PARAMS]).baseline.epochs == 4
+    typo = tmp_path / "tiny.yaml"
+    typo.write_text("baseline:\n  epoch: 2\n")
+    with pytest.raises(ParamsError, match="baseline.epoch = 2: unknown key; did you mean baseline.epochs"):
+        load_params(repo / "params.yaml", over=[typo])
 
 
 def test_tiny_params_keep_every_key_of_params_yaml():

@@ -2,7 +2,6 @@
 ships (float16 safetensors + open_clip config) and write its model card with
 its zero-shot quality on the held-out images, measured on the shipped file."""
 import time
-from dataclasses import asdict
 
 from failmap.clip_train import train_clip
 from failmap.embedder import load_embedder
@@ -11,6 +10,7 @@ from failmap.foundation import (CLIP_NAME, CORPUS_DIR, METRICS_DIR, WORK_DIR, co
                                 write_card)
 from failmap.foundation_eval import clip_quality
 from failmap.io import write_json
+from failmap.params import as_dict
 
 
 def main():
@@ -18,7 +18,7 @@ def main():
     spec = corpus_spec(p)
     corpus = load_corpus(CORPUS_DIR, "train")
     start = time.perf_counter()
-    train = train_clip(corpus["images"], corpus["captions"], f"{WORK_DIR}/clip", **asdict(p.clip), seed=p.seed)
+    train = train_clip(corpus["images"], corpus["captions"], f"{WORK_DIR}/clip", **as_dict(p.clip), seed=p.seed)
     out = export_clip(f"{WORK_DIR}/clip", built_dir(CLIP_NAME))
     embedder = load_embedder("world", model_dir=out)
     quality = clip_quality(embedder, load_corpus(CORPUS_DIR, "heldout"), spec)
@@ -26,7 +26,7 @@ def main():
     card = dict(model=CLIP_NAME, kind="open_clip CLIP (ModifiedResNet image tower), float16 safetensors",
                 load="open_clip.create_model('world-clip', pretrained='weights.safetensors') after "
                      "open_clip.add_model_config('world-clip.json'); failmap: load_embedder('world', model_dir=...)",
-                corpus=corpus_card(spec, len(corpus["images"]), p.seed), params=asdict(p.clip), training=train,
+                corpus=corpus_card(spec, len(corpus["images"]), p.seed), params=as_dict(p.clip), training=train,
                 wall_seconds=round(time.perf_counter() - start, 1), hardware=hardware(),
                 quality_heldout=quality, space=embedder.space)
     write_card(out, card)

@@ -14,7 +14,6 @@ import argparse
 import time
 
 import numpy as np
-from dataclasses import asdict
 from pathlib import Path
 
 from failmap.decoder_train import train_decoder
@@ -26,6 +25,7 @@ from failmap.foundation import (CLIP_NAME, CORPUS_DIR, DECODER_NAME, METRICS_DIR
 from failmap.foundation_eval import decoder_quality, visible_mask
 from failmap.io import read_json, write_json
 from failmap.models import load_classifier
+from failmap.params import as_dict
 from failmap.plots import image_grid, line_plot
 
 CHECKPOINT = f"{WORK_DIR}/decoder_checkpoint.pt"
@@ -80,7 +80,7 @@ def main():
         write_json(CURVE, curve)
         print(f"quality at step {step}: {curve[-1]}", flush=True)
 
-    train_params = {k: v for k, v in asdict(d).items() if k not in ("checkpoint_every", "eval_every")}
+    train_params = {k: v for k, v in as_dict(d).items() if k not in ("checkpoint_every", "eval_every")}
     start = time.perf_counter()
     train = train_decoder(corpus["images"], image_embeds, text_embeds, f"{WORK_DIR}/decoder", space=embedder.space,
                           seed=p.seed, device="auto", **train_params, checkpoint_path=CHECKPOINT,
@@ -107,7 +107,7 @@ def main():
     card = dict(model=DECODER_NAME, kind="failmap EmbeddingDecoderPipeline (diffusers UNet2DConditionModel + DDIM), "
                                          "float16 safetensors",
                 load="diffusers DiffusionPipeline.from_pretrained(<folder>); failmap: load_decoder('world', <folder>)",
-                corpus=corpus_card(spec, len(corpus["images"]), p.seed), params=asdict(d),
+                corpus=corpus_card(spec, len(corpus["images"]), p.seed), params=as_dict(d),
                 clip=dict(model=CLIP_NAME, space=embedder.space), training=train,
                 complete=train["steps_done"] == d.steps, hardware=hardware(),
                 wall_seconds_this_run=round(time.perf_counter() - start, 1),

@@ -1,478 +1,251 @@
-"""The typed schema of params.yaml, and the one validator every stage reads it through.
+"""The declarative schema of params.yaml, and the one validator every stage reads it through.
 
 A typo in a key, a rate of 1.5 or `lr: 1e-3` (which YAML reads as a *string*)
 must stop a run before any work is done, with the dotted key named, instead of
-failing hours later or being silently ignored. The schema is plain frozen
-dataclasses mirroring the YAML; their defaults are the values in params.yaml,
-so a small params file (tests, quick experiments) only gives the keys it changes.
+failing hours later or being silently ignored. The schema is pydantic models
+(strict, frozen, no unknown keys) that carry types, bounds and cross-field
+rules but **no default values**: params.yaml is the one home of every default,
+and a key missing from the effective params is an error naming it.
 
-Validation is driven by the field types (int, float, bool, str, Literal,
-Optional, list[...], nested dataclasses) plus range metadata on each field;
-the few rules that relate two keys live in `_check_cross_fields`.
+Source-specific settings: `data` is a union discriminated by `data.source`
+(each source has exactly the keys it reads), and `world` (the procedural
+world's settings) is a mapping when `data.source` is world and null otherwise.
+DVC refuses a stage whose listed params are absent ("Parameters 'world' are
+missing"), so a CIFAR file writes `world: null` rather than dropping the key.
 
-    python -m failmap.params [params.yaml]     # prints "ok" or the error (exit 2)
+Override files (tests/tiny_params.yaml, configs/*.yaml) give only the keys
+they change; `overlay` lays them over params.yaml, the one way to do it:
+
+    python -m failmap.params [params.yaml]                 # prints "ok" or the error (exit 2)
+    python -m failmap.params apply configs/pretrained.yaml configs/cifar10.yaml
+        # lays the files, in order, over params.yaml, validates, rewrites params.yaml
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
+import re
 import string
 import sys
 import typing
-from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class ParamsError(ValueError):
     """params.yaml does not match the schema; the message names the dotted key."""
 
 
-def _p(default, *, ge=None, gt=None, le=None, lt=None, min_len=None, unique=False):
-    """A field with its default and its checks.
+# ---------------------------------------------------------------- field types
+def _num(kind, *, ge=None, gt=None, le=None, lt=None):
+    """``kind`` (int or float) within the given bounds; the error says which, e.g. 'a number in [0, 1]'."""
+    lo = f"[{ge}" if ge is not None else f"({gt}" if gt is not None else None
+    hi = f"{le}]" if le is not None else f"{lt})" if lt is not None else None
+    words = "an integer" if kind is int else "a number"
+    text = (f"{words} in {lo}, {hi}" if lo and hi else f"{words} {'>=' if lo[0] == '[' else '>'} {lo[1:]}" if lo
+            else f"{words} {'<=' if hi[-1] == ']' else '<'} {hi[:-1]}")
 
-    ge/gt/le/lt bound a number, or each element of a list of numbers; min_len
-    bounds the length of a string or list; unique forbids repeated list entries.
-    """
-    meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, min_len=min_len).items() if v is not None}
-    if unique:
-        meta["unique"] = True
-    if isinstance(default, list):  # a mutable default needs a factory
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
+    def check(value):
+        # written as "not (inside)" so that NaN, which compares false to everything, fails
+        if not ((ge is None or value >= ge) and (gt is None or value > gt)
+                and (le is None or value <= le) and (lt is None or value < lt)):
+            raise PydanticCustomError("out_of_range", text)
+        return value
+    return Annotated[kind, AfterValidator(check)]
 
 
-def _section(cls):
-    return field(default_factory=cls)
+def _list(item, *, min_len: int = 1, unique: bool = False):
+    """A list of ``item`` with at least ``min_len`` entries (and no repeats when ``unique``)."""
+    def check(value):
+        if len(value) < min_len:
+            raise PydanticCustomError("too_short", f"a list of at least {min_len} entries")
+        repeated = sorted({repr(x) for x in value if value.count(x) > 1})
+        if unique and repeated:
+            raise PydanticCustomError("repeats", "entries without repeats (repeated: {r})", {"r": ", ".join(repeated)})
+        return value
+    return Annotated[list[item], AfterValidator(check)]
 
 
+def _nonempty(value: str) -> str:
+    if not value:
+        raise PydanticCustomError("empty", "a non-empty string")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_nonempty)]
+Count, Size = _num(int, ge=0), _num(int, ge=1)
+Share, Positive = _num(float, ge=0, le=1), _num(float, gt=0)
+Fraction, Momentum = _num(float, gt=0, le=1), _num(float, ge=0, lt=1)
+NonNegative = _num(float, ge=0)
 Device = Literal["auto", "cpu", "cuda"]
+MixedPrecision = Union[bool, Literal["auto"]]  # auto: bfloat16 where it is fast (device.bf16_is_fast)
 Arm = Literal["none", "generic", "caption", "direction", "pool_svm", "pool_random", "pool_confidence"]
 CAPTION_SLOTS = ("adjective", "noun", "context")  # the placeholders caption.template may use
 
 
-@dataclass(frozen=True)
-class Data:
-    source: Literal["world", "cifar10", "cifar100_superclass", "imagefolder"] = "world"
-    root: str = _p("data/raw", min_len=1)
-    download: bool = False
-    image_size: int = _p(32, ge=1)
-    n_val: int = _p(5000, ge=1)
-    n_pool: int = _p(10000, ge=0)
-    minority_keep: float = _p(0.25, ge=0, le=1)
-    captions_file: Optional[str] = _p(None, min_len=1)
+class Section(BaseModel):
+    """Every section: no unknown keys, no type coercion (`epochs: true` is a mistake, not 1), read-only."""
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-@dataclass(frozen=True)
-class World:
-    classes: list[str] = _p(["circle", "square", "triangle", "star", "cross", "heart"], min_len=2, unique=True)
-    colours: list[str] = _p(["red", "orange", "yellow", "green", "blue", "purple", "white"], min_len=1, unique=True)
-    contexts: list[str] = _p(["grass", "indoors", "snow", "water", "night", "sand"], min_len=1, unique=True)
-    n_train: int = _p(6000, ge=1)
-    n_val: int = _p(3000, ge=1)
-    n_test: int = _p(3000, ge=1)
-    n_pool: int = _p(6000, ge=0)
-    n_corpus: int = _p(20000, ge=1)
-    planted_attribute: Literal["context", "colour"] = "context"
-    planted_values: Optional[list[str]] = _p(None, min_len=1)
-    train_rate: float = _p(0.01, ge=0, le=1)
-    eval_rate: float = _p(0.2, ge=0, le=1)
-    confuser_rate: float = _p(0.8, ge=0, le=1)
-    eval_confuser_rate: Optional[float] = _p(0.64, ge=0, le=1)
-    noise: float = _p(0.06, ge=0, le=1)
-    min_size: float = _p(0.45, gt=0, le=1)
-    max_size: float = _p(0.8, gt=0, le=1)
-    min_contrast: float = _p(0.35, ge=0, le=2)
+def _refuse(key: str, value, expected: str) -> PydanticCustomError:
+    """A cross-field rule's error; ``key`` is relative to the model whose validator raises it."""
+    return PydanticCustomError("refused", "{expected}", {"key": key, "value": value, "expected": expected})
 
 
-@dataclass(frozen=True)
-class Baseline:
-    arch: Literal["small_cnn", "resnet18"] = "small_cnn"
-    width: int = _p(32, ge=1)
-    epochs: int = _p(12, ge=1)
-    batch_size: int = _p(128, ge=1)
-    lr: float = _p(0.05, gt=0)
-    momentum: float = _p(0.9, ge=0, lt=1)
-    weight_decay: float = _p(0.0005, ge=0)
-    augment: bool = True
-    device: Device = "auto"
+# ---------------------------------------------------------------- params.yaml
+# Fields are grouped on lines as params.yaml orders them; params.yaml's comments say what each does.
+class WorldData(Section):
+    source: Literal["world"]; image_size: Size
+class CifarData(Section):
+    source: Literal["cifar10"]; root: Text; download: bool; n_val: Size; n_pool: Count
+class Cifar100Data(CifarData):
+    source: Literal["cifar100_superclass"]; minority_keep: Share
+class ImageFolderData(Section):
+    source: Literal["imagefolder"]; root: Text; image_size: Size; captions_file: Optional[Text]
 
 
-@dataclass(frozen=True)
-class ClipTrain:
-    embed_dim: int = _p(64, ge=1)
-    width: int = _p(16, ge=1)
-    layers: Union[int, list[int]] = _p([1, 1, 1, 1], ge=1)  # int: ViT depth; 4 block counts: open_clip ModifiedResNet
-    patch_size: int = _p(4, ge=1)
-    text_width: int = _p(64, ge=1)
-    text_layers: int = _p(1, ge=1)
-    context_length: int = _p(12, ge=1)
-    steps: int = _p(2000, ge=1)
-    batch_size: int = _p(128, ge=2)  # a contrastive loss needs at least one negative
-    lr: float = _p(0.003, gt=0)
-    warmup: int = _p(100, ge=0)
+Data = Annotated[Union[WorldData, CifarData, Cifar100Data, ImageFolderData], Field(discriminator="source")]
 
 
-@dataclass(frozen=True)
-class Clip:
-    source: Literal["world", "corpus", "open_clip"] = "world"
-    arch: str = _p("ViT-L-14", min_len=1)
-    pretrained: str = _p("openai", min_len=1)
-    batch_size: int = _p(256, ge=1)
-    device: Device = "auto"
-    train: ClipTrain = _section(ClipTrain)
+class World(Section):
+    classes: _list(Text, min_len=2, unique=True); colours: _list(Text, unique=True); contexts: _list(Text, unique=True)
+    n_train: Size; n_val: Size; n_test: Size; n_pool: Count; n_corpus: Size
+    planted_attribute: Literal["context", "colour"]; planted_values: Optional[_list(Text)]
+    train_rate: Share; eval_rate: Share; confuser_rate: Share; eval_confuser_rate: Optional[Share]
+    noise: Share; min_size: Fraction; max_size: Fraction; min_contrast: _num(float, ge=0, le=2)
+
+    @model_validator(mode="after")
+    def _shares_and_planted_values(self):
+        if self.min_size > self.max_size:
+            raise _refuse("min_size", self.min_size, f"<= world.max_size ({self.max_size})")
+        # each split's shares of the planted value and of the confuser's value must leave a distribution
+        if self.train_rate + self.confuser_rate > 1:
+            raise _refuse("confuser_rate", self.confuser_rate, f"<= 1 - world.train_rate ({1 - self.train_rate:g}): "
+                          f"both are shares of one class's train images")
+        if self.eval_confuser_rate is not None and self.eval_rate + self.eval_confuser_rate > 1:
+            raise _refuse("eval_confuser_rate", self.eval_confuser_rate, f"null or <= 1 - world.eval_rate "
+                          f"({1 - self.eval_rate:g}): both are shares of one class's val / test / pool images")
+        planted = self.planted_values
+        if planted is not None and len(planted) != len(self.classes):
+            raise _refuse("planted_values", planted, f"null or one value per entry of world.classes "
+                          f"({len(self.classes)}), got {len(planted)}")
+        vocab_key = "contexts" if self.planted_attribute == "context" else "colours"
+        for i, value in enumerate(planted or []):
+            if value not in getattr(self, vocab_key):
+                raise _refuse(f"planted_values[{i}]", value, f"one of world.{vocab_key} ({' | '.join(getattr(self, vocab_key))}) "
+                              f"since world.planted_attribute is {self.planted_attribute}")
+        return self
 
 
-@dataclass(frozen=True)
-class DecoderTrain:
-    channels: list[int] = _p([32, 64, 128], ge=1, min_len=1)
-    patch_size: int = _p(2, ge=1)
-    attention_levels: int = _p(0, ge=0)
-    scale_shift: bool = False
-    steps: int = _p(1400, ge=1)
-    batch_size: int = _p(32, ge=1)
-    lr: float = _p(0.002, gt=0)
-    warmup: int = _p(100, ge=0)
-    ema_decay: float = _p(0.999, ge=0, lt=1)
-    cond_dropout: float = _p(0.1, ge=0, lt=1)
-    text_cond_prob: float = _p(0.5, ge=0, le=1)
-    cond_scale: float = _p(8.0, gt=0)
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
-    snr_gamma: Optional[float] = _p(5.0, gt=0)
-    train_timesteps: int = _p(1000, ge=2)
-    mixed_precision: Union[bool, Literal["auto"]] = "auto"  # auto: bfloat16 where it is fast (device.bf16_is_fast)
+class Baseline(Section):
+    arch: Literal["small_cnn", "resnet18"]; width: Size; epochs: Size; batch_size: Size
+    lr: Positive; momentum: Momentum; weight_decay: NonNegative; augment: bool; device: Device
+class ClipTrain(Section):
+    embed_dim: Size; width: Size
+    layers: Union[Size, _list(Size)]  # int: ViT depth; 4 block counts: open_clip ModifiedResNet
+    patch_size: Size; text_width: Size; text_layers: Size; context_length: Size; steps: Size
+    batch_size: _num(int, ge=2)  # a contrastive loss needs at least one negative
+    lr: Positive; warmup: Count
+class Clip(Section):
+    source: Literal["world", "corpus", "open_clip"]; arch: Text; pretrained: Text; batch_size: Size; device: Device
+    train: ClipTrain
+class DecoderTrain(Section):
+    channels: _list(Size); patch_size: Size; attention_levels: Count; scale_shift: bool
+    steps: Size; batch_size: Size; lr: Positive; warmup: Count; ema_decay: Momentum
+    cond_dropout: Momentum; text_cond_prob: Share; cond_scale: Positive
+    prediction_type: Literal["epsilon", "v_prediction"]; snr_gamma: Optional[Positive]
+    train_timesteps: _num(int, ge=2); mixed_precision: MixedPrecision
+class Decoder(Section):
+    source: Literal["world", "corpus", "unclip"]; model: Text; text_model: Text
+    num_inference_steps: Size; guidance_scale: NonNegative; batch_size: Size
+    mixed_precision: MixedPrecision; device: Device; train: DecoderTrain
+class Svm(Section):
+    c_grid: _list(Positive, unique=True); folds: _num(int, ge=2); max_iter: Size; min_errors: Size
 
 
-@dataclass(frozen=True)
-class Decoder:
-    source: Literal["world", "corpus", "unclip"] = "world"
-    model: str = _p("stabilityai/stable-diffusion-2-1-unclip-small", min_len=1)
-    text_model: str = _p("stabilityai/stable-diffusion-2-1-base", min_len=1)
-    num_inference_steps: int = _p(15, ge=1)
-    guidance_scale: float = _p(5.0, ge=0)
-    batch_size: int = _p(64, ge=1)
-    mixed_precision: Union[bool, Literal["auto"]] = "auto"  # auto: bfloat16 where it is fast (device.bf16_is_fast)
-    device: Device = "auto"
-    train: DecoderTrain = _section(DecoderTrain)
+class Caption(Section):
+    template: Text; adjectives: Optional[_list(Text, unique=True)]; contexts: Optional[_list(Text, unique=True)]
+    top_k: Size
+
+    @model_validator(mode="after")
+    def _template_slots(self):
+        allowed = ", ".join("{" + s + "}" for s in CAPTION_SLOTS)
+        try:
+            slots = {name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None}
+        except ValueError as err:  # unbalanced braces
+            raise _refuse("template", self.template, f"a valid format string ({err}) using {allowed}") from None
+        if "noun" not in slots or not slots <= set(CAPTION_SLOTS):
+            raise _refuse("template", self.template,
+                          f"a string containing {{noun}} and no placeholders other than {allowed}")
+        return self
 
 
-@dataclass(frozen=True)
-class Svm:
-    c_grid: list[float] = _p([1.0e-6, 1.0e-5, 1.0e-4, 1.0e-3, 1.0e-2, 1.0e-1, 1.0], gt=0, min_len=1, unique=True)
-    folds: int = _p(2, ge=2)
-    max_iter: int = _p(10000, ge=1)
-    min_errors: int = _p(10, ge=1)
-
-
-@dataclass(frozen=True)
-class Caption:
-    template: str = _p("a photo of a {adjective} {noun} {context}", min_len=1)
-    adjectives: Optional[list[str]] = _p(None, min_len=1, unique=True)
-    contexts: Optional[list[str]] = _p(None, min_len=1, unique=True)
-    top_k: int = _p(10, ge=1)
-
-
-@dataclass(frozen=True)
-class Generate:
-    n_per_class: int = _p(150, ge=1)
-    walk: Literal["extent", "normal"] = "extent"
-    alpha: float = _p(1.0, gt=0, le=1)
-    n_captions: int = _p(1, ge=1)
-    caption_weight: float = _p(0.6, gt=0, le=1)
-    eval_alphas: list[float] = _p([0.25, 0.5, 1.0], gt=0, le=1, min_len=1, unique=True)
-    n_eval_per_class: int = _p(16, ge=1)
-    min_class_recognition: float = _p(0.5, ge=0, le=1)
-    filter: bool = False
-
-
-@dataclass(frozen=True)
-class Finetune:
-    arms: list[Arm] = _p(["none", "generic", "caption", "direction", "pool_svm", "pool_random", "pool_confidence"],
-                         min_len=1, unique=True)
-    seeds: list[int] = _p([0, 1, 2], ge=0, min_len=1, unique=True)
-    pool_k: int = _p(75, ge=1)
-    last_layer_only: bool = True
-    epochs: int = _p(5, ge=1)
-    batch_size: int = _p(128, ge=1)
-    lr: float = _p(0.02, gt=0)
-    momentum: float = _p(0.9, ge=0, lt=1)
-    weight_decay: float = _p(0.0005, ge=0)
-
-
-@dataclass(frozen=True)
-class Evaluate:
-    k: int = _p(50, ge=1)
-
-
-@dataclass(frozen=True)
-class Tracking:
-    experiment: str = _p("failmap", min_len=1)
-    uri: str = _p("sqlite:///mlflow.db", min_len=1)
-
-
-@dataclass(frozen=True)
-class Compute:
-    """Where the embed and generate stages run their batches (failmap.engine)."""
-    engine: Literal["local", "ray"] = "local"
-    workers: int = _p(2, ge=1)
-    gpus_per_worker: float = _p(0.0, ge=0)
-    address: Optional[str] = _p(None, min_len=1)  # null: start a local Ray with num_cpus = workers
-
-
-@dataclass(frozen=True)
-class Params:
-    seed: int = _p(0, ge=0)  # numpy and torch both refuse negative seeds
-    data: Data = _section(Data)
-    world: World = _section(World)
-    baseline: Baseline = _section(Baseline)
-    clip: Clip = _section(Clip)
-    decoder: Decoder = _section(Decoder)
-    svm: Svm = _section(Svm)
-    caption: Caption = _section(Caption)
-    generate: Generate = _section(Generate)
-    finetune: Finetune = _section(Finetune)
-    evaluate: Evaluate = _section(Evaluate)
-    tracking: Tracking = _section(Tracking)
-    compute: Compute = _section(Compute)
-
-
-# ------------------------------------------------- foundation/params.yaml
-@dataclass(frozen=True)
-class FoundationCorpus:
-    n_train: int = _p(60000, ge=2)
-    n_heldout: int = _p(2000, ge=1)     # held-out images, scored only
-    min_size: float = _p(0.3, gt=0, le=1)
-    max_size: float = _p(0.9, gt=0, le=1)
-    max_noise: float = _p(0.1, ge=0)
-
-
-@dataclass(frozen=True)
-class FoundationDecoder(DecoderTrain):
-    checkpoint_every: int = _p(500, ge=1)   # steps between resumable checkpoints
-    eval_every: int = _p(2000, ge=1)        # steps between points of the quality curve
-
-
-@dataclass(frozen=True)
-class FoundationReport:
-    n_per_shape: int = _p(32, ge=1)          # decoded images per shape and prompt kind
-    num_inference_steps: int = _p(15, ge=1)
-    guidance_scale: float = _p(5.0, ge=0)
-    batch_size: int = _p(64, ge=1)
-
-
-@dataclass(frozen=True)
-class FoundationParams:
-    seed: int = _p(0, ge=0)
-    corpus: FoundationCorpus = _section(FoundationCorpus)
-    clip: ClipTrain = _section(ClipTrain)
-    decoder: FoundationDecoder = _section(FoundationDecoder)
-    report: FoundationReport = _section(FoundationReport)
-
-
-# ---------------------------------------------------------------- validation
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _fail(key: str, value, expected: str) -> ParamsError:
-    return ParamsError(f"{key} = {_short(value)}: expected {expected}")
-
-
-@cache
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
-
-
-def _describe(tp) -> str:
-    """Say in words what a type accepts, for error messages."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    if origin is Union:
-        null = " or null" if type(None) in args else ""
-        return " or ".join(_describe(a) for a in args if a is not type(None)) + null
-    if origin is Literal:
-        return "one of " + " | ".join(args)
-    if origin is list:
-        return f"a list of ({_describe(args[0])})"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[tp]
-
-
-def _bounds(meta) -> str:
-    lo = f"[{meta['ge']}" if "ge" in meta else f"({meta['gt']}" if "gt" in meta else None
-    hi = f"{meta['le']}]" if "le" in meta else f"{meta['lt']})" if "lt" in meta else None
-    if lo and hi:
-        return f"in {lo}, {hi}"
-    if lo:
-        return (">= " if lo[0] == "[" else "> ") + lo[1:]
-    return ("<= " if hi[-1] == "]" else "< ") + hi[:-1]
-
-
-def _check_range(value, key: str, meta, kind: str) -> None:
-    # Written as "not (inside)" so that NaN, which compares false to everything, fails.
-    inside = (("ge" not in meta or value >= meta["ge"]) and ("gt" not in meta or value > meta["gt"])
-              and ("le" not in meta or value <= meta["le"]) and ("lt" not in meta or value < meta["lt"]))
-    if not inside:
-        raise _fail(key, value, f"{kind} {_bounds(meta)}")
-
-
-def _convert(tp, value, key: str, meta):
-    """Check ``value`` against type ``tp`` and the field metadata; return it in schema form."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if origin is Union:  # Optional[X], or a choice of forms such as int | list[int]
-        if value is None and type(None) in args:
-            return None
-        members = [a for a in args if a is not type(None)]
-        if len(members) == 1:
-            return _convert(members[0], value, key, meta)
-        for inner in members:
-            try:
-                return _convert(inner, value, key, meta)
-            except ParamsError:
-                continue
-        raise _fail(key, value, _describe(tp))
-    if origin is Literal:
-        if not (isinstance(value, str) and value in args):
-            raise _fail(key, value, _describe(tp))
-        return value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):  # a bare string is not a one-element list
-            raise _fail(key, value, _describe(tp))
-        item_meta = {k: v for k, v in meta.items() if k in ("ge", "gt", "le", "lt")}
-        items = [_convert(args[0], item, f"{key}[{i}]", item_meta) for i, item in enumerate(value)]
-        if len(items) < meta.get("min_len", 0):
-            raise _fail(key, value, f"a list of at least {meta['min_len']} entries")
-        if meta.get("unique"):
-            repeated = sorted({repr(x) for x in items if items.count(x) > 1})
-            if repeated:
-                raise _fail(key, value, f"entries without repeats (repeated: {', '.join(repeated)})")
-        return items
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise _fail(key, value, "true or false")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise _fail(key, value, "a string")
-        if len(value) < meta.get("min_len", 0):
-            raise _fail(key, value, "a non-empty string")
-        return value
-    if tp in (int, float):
-        # bool is an int subclass in Python, but `epochs: true` is a mistake, not 1.
-        ok = (int,) if tp is int else (int, float)
-        if isinstance(value, bool) or not isinstance(value, ok):
-            hint = ""
-            if isinstance(value, str) and tp is float:
-                hint = " (YAML reads 1e-3 as a string: write 1.0e-3)"
-            raise _fail(key, value, _describe(tp) + hint)
-        _check_range(value, key, meta, "a number" if tp is float else "an integer")
-        return tp(value)
-    raise TypeError(f"params schema: no validator for type {tp!r} of {key}")
-
-
-@cache
-def _known_keys() -> tuple[str, ...]:
-    """Every dotted key and section name of the schema, for 'did you mean' hints."""
-    def walk(cls, prefix):
-        for f in dataclasses.fields(cls):
-            yield prefix + f.name
-            tp = _hints(cls)[f.name]
-            if dataclasses.is_dataclass(tp):
-                yield from walk(tp, prefix + f.name + ".")
-    return tuple(walk(Params, ""))
-
-
-def _build(cls, raw, prefix: str):
-    """Build dataclass ``cls`` from mapping ``raw``; missing keys keep their defaults."""
-    where = prefix or "params"
-    if not isinstance(raw, dict):
-        raise _fail(where, raw, f"a mapping of {prefix + '.' if prefix else ''}* keys")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    dot = prefix + "." if prefix else ""
-    for name in raw:
-        if name not in fields:
-            key = f"{dot}{name}"
-            close = difflib.get_close_matches(key, _known_keys(), n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}?" if close else f"known keys here: {', '.join(fields)}"
-            raise ParamsError(f"{key} = {_short(raw[name])}: unknown key; {hint}")
-    hints = _hints(cls)
-    values = {name: _convert(hints[name], raw[name], dot + name, fields[name].metadata)
-              for name in fields if name in raw}
-    return cls(**values)
-
-
-def _check_cross_fields(p: Params) -> None:
-    """The rules that relate two keys, which the per-field metadata cannot express."""
-    w = p.world
-    if w.min_size > w.max_size:
-        raise _fail("world.min_size", w.min_size, f"<= world.max_size ({w.max_size})")
-    # each split's shares of the planted value and of the confuser's value must leave a distribution
-    if w.train_rate + w.confuser_rate > 1:
-        raise _fail("world.confuser_rate", w.confuser_rate,
-                    f"<= 1 - world.train_rate ({1 - w.train_rate:g}): both are shares of one class's train images")
-    if w.eval_confuser_rate is not None and w.eval_rate + w.eval_confuser_rate > 1:
-        raise _fail("world.eval_confuser_rate", w.eval_confuser_rate,
-                    f"null or <= 1 - world.eval_rate ({1 - w.eval_rate:g}): both are shares of one class's "
-                    f"val / test / pool images")
-    if w.planted_values is not None:
-        if len(w.planted_values) != len(w.classes):
-            raise _fail("world.planted_values", w.planted_values,
-                        f"null or one value per entry of world.classes ({len(w.classes)}), "
-                        f"got {len(w.planted_values)}")
-        vocab_key = "world.contexts" if w.planted_attribute == "context" else "world.colours"
-        vocab = w.contexts if w.planted_attribute == "context" else w.colours
-        for i, value in enumerate(w.planted_values):
-            if value not in vocab:
-                raise _fail(f"world.planted_values[{i}]", value,
-                            f"one of {vocab_key} ({' | '.join(vocab)}) since world.planted_attribute "
-                            f"is {w.planted_attribute}")
-    _check_foundation_models(p)
-    _check_engine(p.compute)
-    if p.generate.n_captions > p.caption.top_k:
-        raise _fail("generate.n_captions", p.generate.n_captions,
-                    f"<= caption.top_k ({p.caption.top_k}): only that many hard captions are kept")
-    if p.generate.caption_weight < 1 and p.decoder.source == "unclip":
-        raise _fail("generate.caption_weight", p.generate.caption_weight,
-                    "1 with decoder.source unclip: its caption images come from the words (text-to-image), "
-                    "which cannot be blended with an image embedding")
-    template = p.caption.template
-    allowed = ", ".join("{" + s + "}" for s in CAPTION_SLOTS)
-    try:
-        slots = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    except ValueError as err:  # unbalanced braces
-        raise _fail("caption.template", template, f"a valid format string ({err}) using {allowed}") from None
-    if "noun" not in slots or not slots <= set(CAPTION_SLOTS):
-        raise _fail("caption.template", template,
-                    f"a string containing {{noun}} and no placeholders other than {allowed}")
+class Generate(Section):
+    n_per_class: Size; walk: Literal["extent", "normal"]; alpha: Fraction; n_captions: Size
+    caption_weight: Fraction; eval_alphas: _list(Fraction, unique=True); n_eval_per_class: Size
+    min_class_recognition: Share; filter: bool
+class Finetune(Section):
+    arms: _list(Arm, unique=True); seeds: _list(Count, unique=True); pool_k: Size; last_layer_only: bool
+    epochs: Size; batch_size: Size; lr: Positive; momentum: Momentum; weight_decay: NonNegative
+class Evaluate(Section):
+    k: Size
+class Tracking(Section):
+    experiment: Text; uri: Text
 
 
 RAY_MODULES = ("ray", "pyarrow", "pandas")  # what `ray.data` needs: the optional extra installs all three
 
 
-def _check_engine(c: Compute) -> None:
-    """engine ray needs the optional extra; checked by module lookup only (importing
-    Ray takes seconds, and every stage validates the whole file)."""
-    if c.engine != "ray":
-        return
-    import importlib.util
-    missing = []
-    for name in RAY_MODULES:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):  # a module set to None in sys.modules, or without a spec
-            found = False
-        if not found:
-            missing.append(name)
-    if missing:
-        raise _fail("compute.engine", c.engine, f"local, or Ray installed for engine ray: {', '.join(missing)} "
-                    f"cannot be imported; install the optional extra with: pip install -e '.[ray]'")
+class Compute(Section):
+    """Where the embed and generate stages run their batches (failmap.engine)."""
+    engine: Literal["local", "ray"]; workers: Size; gpus_per_worker: NonNegative
+    address: Optional[Text]  # null: start a local Ray with num_cpus = workers
+
+    @model_validator(mode="after")
+    def _ray_installed(self):
+        """engine ray needs the optional extra; checked by module lookup only (importing
+        Ray takes seconds, and every stage validates the whole file)."""
+        import importlib.util
+
+        def found(name):
+            try:
+                return importlib.util.find_spec(name) is not None
+            except (ImportError, ValueError):  # a module set to None in sys.modules, or without a spec
+                return False
+        missing = [name for name in RAY_MODULES if self.engine == "ray" and not found(name)]
+        if missing:
+            raise _refuse("engine", self.engine, f"local, or Ray installed for engine ray: {', '.join(missing)} "
+                          f"cannot be imported; install the optional extra with: pip install -e '.[ray]'")
+        return self
+
+
+class Params(Section):
+    seed: Count  # numpy and torch both refuse negative seeds
+    data: Data
+    world: Optional[World]  # a mapping iff data.source is world, else null
+    baseline: Baseline; clip: Clip; decoder: Decoder; svm: Svm; caption: Caption; generate: Generate
+    finetune: Finetune; evaluate: Evaluate; tracking: Tracking; compute: Compute
+
+    @model_validator(mode="after")
+    def _cross_sections(self):
+        source = self.data.source
+        if (source == "world") != (self.world is not None):
+            raise _refuse("world", None if self.world is None else as_dict(self.world),
+                          "the world's settings (a mapping) with data.source world" if source == "world" else
+                          f"null with data.source {source}: the procedural world's settings apply to world only")
+        if self.generate.n_captions > self.caption.top_k:
+            raise _refuse("generate.n_captions", self.generate.n_captions,
+                          f"<= caption.top_k ({self.caption.top_k}): only that many hard captions are kept")
+        if self.generate.caption_weight < 1 and self.decoder.source == "unclip":
+            raise _refuse("generate.caption_weight", self.generate.caption_weight,
+                          "1 with decoder.source unclip: its caption images come from the words (text-to-image), "
+                          "which cannot be blended with an image embedding")
+        _check_foundation_models(self)
+        return self
 
 
 def _check_foundation_models(p: Params) -> None:
@@ -483,87 +256,217 @@ def _check_foundation_models(p: Params) -> None:
     if not shipped:
         return
     if p.data.source != "world":
-        raise _fail(shipped[0], "world", f"'corpus' (train on the data's captioned corpus: data.captions_file) or "
-                    f"a pretrained model ({'open_clip' if shipped[0] == 'clip.source' else 'unclip'}) with "
-                    f"data.source {p.data.source}: the shipped world models know only the embedded world")
+        raise _refuse(shipped[0], "world", f"'corpus' (train on the data's captioned corpus: data.captions_file) "
+                      f"or a pretrained model ({'open_clip' if shipped[0] == 'clip.source' else 'unclip'}) with "
+                      f"data.source {p.data.source}: the shipped world models know only the embedded world")
     if p.decoder.source == "world" and p.clip.source != "world":
-        raise _fail("decoder.source", "world", f"'corpus' or 'unclip' with clip.source {p.clip.source}: the "
-                    f"shipped world decoder draws from the shipped world CLIP's embeddings (clip.source: world)")
+        raise _refuse("decoder.source", "world", f"'corpus' or 'unclip' with clip.source {p.clip.source}: the "
+                      f"shipped world decoder draws from the shipped world CLIP's embeddings (clip.source: world)")
     from failmap.io import read_json
     from failmap.shipped import CARD, CLIP_NAME, shipped_dir, uncovered
     card_path = shipped_dir(CLIP_NAME) / CARD
     if not card_path.is_file():
-        raise _fail(shipped[0], "world", f"a shipped foundation model, but {card_path} is missing "
-                    f"(restore models/pretrained/ with git, or rebuild it: cd foundation && dvc repro)")
+        raise _refuse(shipped[0], "world", f"a shipped foundation model, but {card_path} is missing "
+                      f"(restore models/pretrained/ with git, or rebuild it: cd foundation && dvc repro)")
     w = p.world
     missing = uncovered(read_json(card_path), classes=w.classes, colours=w.colours, contexts=w.contexts,
                         min_size=w.min_size, max_size=w.max_size, noise=w.noise, image_size=p.data.image_size)
     if missing:
-        raise ParamsError(f"{shipped[0]} = world: the shipped foundation models were trained on a corpus that "
-                          f"does not cover " + "; ".join(missing) +
-                          ". Use values the corpus has, or set clip.source / decoder.source to corpus to train "
-                          "them on this world's own corpus split")
+        raise PydanticCustomError("said", "{said}", {"said": (
+            f"{shipped[0]} = world: the shipped foundation models were trained on a corpus that does not cover "
+            + "; ".join(missing) + ". Use values the corpus has, or set clip.source / decoder.source to corpus "
+            "to train them on this world's own corpus split")})
+
+
+# ------------------------------------------------------- foundation/params.yaml
+class FoundationCorpus(Section):
+    n_train: _num(int, ge=2); n_heldout: Size  # held-out images, scored only
+    min_size: Fraction; max_size: Fraction; max_noise: NonNegative
+class FoundationDecoder(DecoderTrain):
+    checkpoint_every: Size; eval_every: Size  # steps between resumable checkpoints / points of the quality curve
+class FoundationReport(Section):
+    n_per_shape: Size; num_inference_steps: Size; guidance_scale: NonNegative; batch_size: Size
+class FoundationParams(Section):
+    seed: Count; corpus: FoundationCorpus; clip: ClipTrain; decoder: FoundationDecoder; report: FoundationReport
+
+
+# ---------------------------------------------------------- pydantic -> ParamsError
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _models(annotation) -> list[type[BaseModel]]:
+    """The models a field holds: itself, the members of a union, what an Optional or list wraps."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models(arg)]
+
+
+def _dotted_keys(schema) -> list[str]:
+    """Every dotted key and section name of the schema (all data sources), for 'did you mean' hints."""
+    def walk(models, prefix):
+        for name, info in {n: f for m in models for n, f in m.model_fields.items()}.items():
+            yield prefix + name
+            yield from walk(_models(info.annotation), prefix + name + ".")
+    return list(dict.fromkeys(walk([schema], "")))
+
+
+def _tags(model) -> tuple:
+    """The data.source values a variant of the discriminated data union stands for."""
+    field = model.model_fields.get("source")
+    return typing.get_args(field.annotation) if field else ()
+
+
+def _locate(loc, schema) -> tuple[str, list[str], str | None]:
+    """pydantic's error location -> (dotted key, the keys valid beside its last part, the data.source chosen)."""
+    key, models, here, tag = "", [schema], [], None
+    for part in loc:
+        fields = {n: f for m in models for n, f in m.model_fields.items()}
+        if isinstance(part, int):
+            key += f"[{part}]"
+        elif len(models) > 1 and any(part in _tags(m) for m in models):
+            models, tag = [m for m in models if part in _tags(m)], part  # the variant data.source chose
+        elif models:  # a key: a field, or the unknown one an extra_forbidden error names
+            key, here = key + ("." if key else "") + part, list(fields)
+            models = _models(fields[part].annotation) if part in fields else []
+        # else: the name of a union member (int, list[int], ...), not part of the key
+    return key, here, tag
+
+
+_EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
+             "string_type": "a string", "list_type": "a list", "model_type": "a mapping",
+             "model_attributes_type": "a mapping", "dict_type": "a mapping"}
+_RANK = {"extra_forbidden": 0, "missing": 2}  # a typo'd key also leaves the right one missing: name the typo first
+
+
+def _explain(err: ValidationError, schema) -> str:
+    errors = sorted(err.errors(), key=lambda e: (_RANK.get(e["type"], 1), -len(e["loc"])))
+    first = errors[0]
+    kind, value, ctx = first["type"], first.get("input"), first.get("ctx") or {}
+    key, here, tag = _locate(first["loc"], schema)
+    if kind == "said":
+        return ctx["said"]
+    if kind == "refused":
+        key = f"{key}.{ctx['key']}" if key else ctx["key"]
+        return f"{key} = {_short(ctx['value'])}: expected {ctx['expected']}"
+    if kind == "extra_forbidden":
+        known = _dotted_keys(schema)
+        close = [] if key in known else difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else f"known keys here: {', '.join(here)}"
+        if key in known and tag:  # a key of another data source (an override merged into, not replacing, data)
+            hint = f"not a key of source {tag} ({', '.join(here)}); '~data:' in an override file replaces the section"
+        return f"{key} = {_short(value)}: unknown key; {hint}"
+    if kind == "missing":
+        return (f"{key}: missing; every key must be given (the params file holds every default; a file of "
+                f"overrides is laid over it with failmap.params.overlay)")
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tags = " | ".join(re.findall(r"'([^']*)'", ctx.get("expected_tags", "")))
+        return f"{key}.source = {_short(ctx.get('tag'))}: expected one of {tags or 'the known sources'}"
+    expected = []  # a union reports one error per member at the same key: say them all
+    for e in errors:
+        if _locate(e["loc"], schema)[0] == key and _RANK.get(e["type"], 1) == 1:
+            e_ctx = e.get("ctx") or {}
+            text = ("one of " + " | ".join(re.findall(r"'([^']*)'", e_ctx["expected"]))
+                    if e["type"] == "literal_error" else _EXPECTED.get(e["type"], e["msg"]))
+            if e["type"] == "float_type" and isinstance(e.get("input"), str):
+                text += " (YAML reads 1e-3 as a string: write 1.0e-3)"
+            expected.append(text)
+    return f"{key} = {_short(value)}: expected {' or '.join(dict.fromkeys(expected))}"
+
+
+# ---------------------------------------------------------------- the public API
+def overlay(base: dict, over: dict) -> dict:
+    """``over`` laid over ``base``, the one way an override file applies (neither is modified).
+
+    A mapping merges into a mapping key by key, recursively; any other value
+    (a list, a number, null) replaces. A key written ``~name`` removes ``name``
+    before the rest applies, as ``dvc exp run -S '~name'`` does: ``~data:`` then
+    ``data: {...}`` replaces the data section instead of merging into it.
+    Unknown keys are left for the schema to refuse (with a did-you-mean).
+    """
+    out = {k: v for k, v in base.items() if f"~{k}" not in over}
+    for key, value in over.items():
+        if key.startswith("~"):
+            if value is not None:
+                raise ParamsError(f"{key} = {_short(value)}: expected nothing (a removal: write '{key}:' alone)")
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = overlay(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def params_from_dict(raw, schema=None):
-    """Validate a nested mapping (as read from params.yaml) and return the typed Params
-    (or the typed ``schema``, e.g. ``FoundationParams`` for foundation/params.yaml)."""
-    params = _build(schema or Params, raw, "")
-    if schema is None:
-        _check_cross_fields(params)
-    return params
-
-
-def load_params(path: str | Path = "params.yaml", schema=None):
-    """Read and validate a params file; raise ParamsError naming the file and the key."""
-    path = Path(path)
+    """Validate a complete nested mapping (as read from params.yaml) and return the typed
+    Params (or the typed ``schema``, e.g. ``FoundationParams`` for foundation/params.yaml)."""
+    schema = schema or Params
+    if not isinstance(raw, dict):
+        raise ParamsError(f"top level = {_short(raw)}: expected a mapping of sections "
+                          f"({', '.join(schema.model_fields)})")
     try:
-        text = path.read_text()
+        return schema.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_explain(err, schema)) from None
+
+
+def _read(path: Path):
+    try:
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"params file {path} not found") from None
     except OSError as err:
         raise ParamsError(f"params file {path} cannot be read: {err}") from None
-    try:
-        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ParamsError(f"params file {path} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ParamsError(f"params file {path}: top level = {_short(raw)}: expected a mapping of "
-                          f"sections ({', '.join(f.name for f in dataclasses.fields(schema or Params))})")
+
+
+def effective(path: str | Path = "params.yaml", over=()) -> dict:
+    """The raw mapping of ``path`` with each file of ``over`` laid over it in turn (`overlay`)."""
+    raw = _read(Path(path))
+    for extra in over:
+        layer = _read(Path(extra))
+        if not isinstance(layer, dict) or not isinstance(raw, dict):
+            bad = extra if isinstance(raw, dict) else path
+            raise ParamsError(f"params file {bad}: top level = {_short(layer if bad == extra else raw)}: "
+                              f"expected a mapping of sections")
+        raw = overlay(raw, layer)
+    return raw
+
+
+def load_params(path: str | Path = "params.yaml", schema=None, *, over=()):
+    """Read and validate a params file (with override files ``over`` laid over it);
+    raise ParamsError naming the file(s) and the key."""
+    raw = effective(path, over)
     try:
         return params_from_dict(raw, schema)
     except ParamsError as err:
-        raise ParamsError(f"params file {path}: {err}") from None
+        raise ParamsError(f"params file {' + '.join(map(str, [path, *over]))}: {err}") from None
 
 
 def as_dict(params) -> dict:
-    """Nested plain dict (lists stay lists), the shape of params.yaml."""
-    return dataclasses.asdict(params)
+    """Nested plain dict (lists stay lists) of a model or one of its sections, the shape of params.yaml."""
+    return params.model_dump()
 
 
-def flatten(params) -> dict[str, object]:
-    """Dotted key -> value for every leaf (lists kept as lists), e.g. to log to MLflow."""
-    out: dict[str, object] = {}
-
-    def walk(obj, prefix):
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if dataclasses.is_dataclass(value):
-                walk(value, prefix + f.name + ".")
-            else:
-                out[prefix + f.name] = list(value) if isinstance(value, list) else value
-
-    walk(params, "")
-    return out
+def apply(configs, target: str | Path = "params.yaml") -> None:
+    """Lay ``configs`` over ``target`` in order, validate, and rewrite ``target`` (its comments are lost)."""
+    load_params(target, over=configs)
+    header = (f"# {target} + {' + '.join(map(str, configs))} (python -m failmap.params apply); the commented "
+              f"defaults: git checkout {target}\n")
+    Path(target).write_text(header + yaml.safe_dump(effective(target, configs), sort_keys=False))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) > 1:
-        print("usage: python -m failmap.params [params.yaml]", file=sys.stderr)
+    if (args[:1] == ["apply"] and len(args) < 2) or (args[:1] != ["apply"] and len(args) > 1):
+        print("usage: python -m failmap.params [params.yaml] | apply CONFIG.yaml...", file=sys.stderr)
         return 2
     try:
-        load_params(args[0] if args else "params.yaml")
+        if args[:1] == ["apply"]:
+            apply(args[1:])
+        else:
+            load_params(args[0] if args else "params.yaml")
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from failmap import gate
+from failmap.params import effective
 
 # What a copy needs to reproduce the pipeline: the DAG, the code, DVC's config
 # (analytics off, offline plots template) and the shipped foundation models.
@@ -38,20 +39,10 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-def merge(base: dict, over: dict) -> dict:
-    """``over`` laid over ``base``, recursively; ``over`` may only name keys ``base`` has."""
-    out = dict(base)
-    for key, value in over.items():
-        if key not in base:
-            raise KeyError(f"{TINY_PARAMS}: '{key}' is not a params.yaml key")
-        out[key] = merge(base[key], value) if isinstance(value, dict) else value
-    return out
-
-
 def tiny_params(repo: Path) -> dict:
-    """params.yaml with the tiny overrides laid over it (DVC wants every key present)."""
-    base = yaml.safe_load((repo / "params.yaml").read_text())
-    return merge(base, yaml.safe_load((repo / TINY_PARAMS).read_text()))
+    """params.yaml with the tiny overrides laid over it by ``failmap.params.overlay``
+    (DVC wants every key present, and the schema keeps no defaults)."""
+    return effective(repo / "params.yaml", [repo / TINY_PARAMS])
 
 
 def tiny_copy(repo: Path, dest: Path) -> Path:
