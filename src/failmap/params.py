@@ -1,24 +1,14 @@
 """The declarative schema of params.yaml, and the one validator every stage reads it through.
 
-A typo in a key, a rate of 1.5 or `lr: 1e-3` (which YAML reads as a *string*)
-must stop a run before any work is done, with the dotted key named, instead of
-failing hours later or being silently ignored. The schema is pydantic models
-(strict, frozen, no unknown keys) that carry types, bounds and cross-field
-rules but **no default values**: params.yaml is the one home of every default,
-and a key missing from the effective params is an error naming it.
+A typo in a key, a rate of 1.5 or `lr: 1e-3` (a *string* to YAML) stops a run before any work, naming the
+dotted key. The pydantic models (strict, frozen, no unknown keys) carry types, bounds and cross-field rules
+but **no defaults**: params.yaml holds every default. `data` is discriminated by `data.source` (each source
+has exactly its keys); `world` is null unless data.source is world (null, not absent: DVC refuses to run a
+stage whose listed params are missing). Override files (tests/tiny_params.yaml, configs/) give only what
+they change, laid over params.yaml by `overlay` (README "Params and configs"):
 
-Source-specific settings: `data` is a union discriminated by `data.source`
-(each source has exactly the keys it reads), and `world` (the procedural
-world's settings) is a mapping when `data.source` is world and null otherwise.
-DVC refuses a stage whose listed params are absent ("Parameters 'world' are
-missing"), so a CIFAR file writes `world: null` rather than dropping the key.
-
-Override files (tests/tiny_params.yaml, configs/*.yaml) give only the keys
-they change; `overlay` lays them over params.yaml, the one way to do it:
-
-    python -m failmap.params [params.yaml]                 # prints "ok" or the error (exit 2)
-    python -m failmap.params apply configs/pretrained.yaml configs/cifar10.yaml
-        # lays the files, in order, over params.yaml, validates, rewrites params.yaml
+    python -m failmap.params [params.yaml]        # prints "ok" or the error (exit 2)
+    python -m failmap.params apply configs/pretrained.yaml configs/cifar10.yaml   # rewrites params.yaml
 """
 from __future__ import annotations
 
@@ -34,28 +24,22 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-
 class ParamsError(ValueError):
     """params.yaml does not match the schema; the message names the dotted key."""
 
-
 # ---------------------------------------------------------------- field types
 def _num(kind, *, ge=None, gt=None, le=None, lt=None):
-    """``kind`` (int or float) within the given bounds; the error says which, e.g. 'a number in [0, 1]'."""
-    lo = f"[{ge}" if ge is not None else f"({gt}" if gt is not None else None
-    hi = f"{le}]" if le is not None else f"{lt})" if lt is not None else None
-    words = "an integer" if kind is int else "a number"
-    text = (f"{words} in {lo}, {hi}" if lo and hi else f"{words} {'>=' if lo[0] == '[' else '>'} {lo[1:]}" if lo
-            else f"{words} {'<=' if hi[-1] == ']' else '<'} {hi[:-1]}")
-
-    def check(value):
-        # written as "not (inside)" so that NaN, which compares false to everything, fails
+    """``kind`` (int or float) within the bounds given; the error says them, e.g. 'a number in [0, 1]'."""
+    lo = f"[{ge}" if ge is not None else f"({gt}" if gt is not None else ""
+    hi = f"{le}]" if le is not None else f"{lt})" if lt is not None else ""
+    text = ("an integer " if kind is int else "a number ") + (f"in {lo}, {hi}" if lo and hi else (
+        f"{'>=' if lo[:1] == '[' else '>'} {lo[1:]}" if lo else f"{'<=' if hi[-1:] == ']' else '<'} {hi[:-1]}"))
+    def check(value):  # "not (inside)", so that NaN, which compares false to everything, fails
         if not ((ge is None or value >= ge) and (gt is None or value > gt)
                 and (le is None or value <= le) and (lt is None or value < lt)):
             raise PydanticCustomError("out_of_range", text)
         return value
     return Annotated[kind, AfterValidator(check)]
-
 
 def _list(item, *, min_len: int = 1, unique: bool = False):
     """A list of ``item`` with at least ``min_len`` entries (and no repeats when ``unique``)."""
@@ -68,48 +52,29 @@ def _list(item, *, min_len: int = 1, unique: bool = False):
         return value
     return Annotated[list[item], AfterValidator(check)]
 
-
-def _nonempty(value: str) -> str:
-    if not value:
-        raise PydanticCustomError("empty", "a non-empty string")
-    return value
-
-
-Text = Annotated[str, AfterValidator(_nonempty)]
-Count, Size = _num(int, ge=0), _num(int, ge=1)
-Share, Positive = _num(float, ge=0, le=1), _num(float, gt=0)
-Fraction, Momentum = _num(float, gt=0, le=1), _num(float, ge=0, lt=1)
-NonNegative = _num(float, ge=0)
+Text = Annotated[str, Field(min_length=1)]
+Count, Size, Share, Positive = _num(int, ge=0), _num(int, ge=1), _num(float, ge=0, le=1), _num(float, gt=0)
+Fraction, Momentum, NonNegative = _num(float, gt=0, le=1), _num(float, ge=0, lt=1), _num(float, ge=0)
 Device = Literal["auto", "cpu", "cuda"]
 MixedPrecision = Union[bool, Literal["auto"]]  # auto: bfloat16 where it is fast (device.bf16_is_fast)
 Arm = Literal["none", "generic", "caption", "direction", "pool_svm", "pool_random", "pool_confidence"]
 CAPTION_SLOTS = ("adjective", "noun", "context")  # the placeholders caption.template may use
-
+RAY_MODULES = ("ray", "pyarrow", "pandas")  # what `ray.data` needs: the optional extra installs all three
 
 class Section(BaseModel):
-    """Every section: no unknown keys, no type coercion (`epochs: true` is a mistake, not 1), read-only."""
+    """Every section: no unknown keys, no coercion (`epochs: true` is a mistake, not 1), read-only."""
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-
-def _refuse(key: str, value, expected: str) -> PydanticCustomError:
-    """A cross-field rule's error; ``key`` is relative to the model whose validator raises it."""
+def _refuse(key: str, value, expected: str) -> PydanticCustomError:  # a rule's error; key relative to its model
     return PydanticCustomError("refused", "{expected}", {"key": key, "value": value, "expected": expected})
 
-
-# ---------------------------------------------------------------- params.yaml
-# Fields are grouped on lines as params.yaml orders them; params.yaml's comments say what each does.
-class WorldData(Section):
-    source: Literal["world"]; image_size: Size
-class CifarData(Section):
-    source: Literal["cifar10"]; root: Text; download: bool; n_val: Size; n_pool: Count
-class Cifar100Data(CifarData):
-    source: Literal["cifar100_superclass"]; minority_keep: Share
+# ------------------------- params.yaml (fields grouped in lines in its order; its comments say what each does)
+class WorldData(Section): source: Literal["world"]; image_size: Size
+class CifarData(Section): source: Literal["cifar10"]; root: Text; download: bool; n_val: Size; n_pool: Count
+class Cifar100Data(CifarData): source: Literal["cifar100_superclass"]; minority_keep: Share
 class ImageFolderData(Section):
     source: Literal["imagefolder"]; root: Text; image_size: Size; captions_file: Optional[Text]
-
-
 Data = Annotated[Union[WorldData, CifarData, Cifar100Data, ImageFolderData], Field(discriminator="source")]
-
 
 class World(Section):
     classes: _list(Text, min_len=2, unique=True); colours: _list(Text, unique=True); contexts: _list(Text, unique=True)
@@ -117,7 +82,6 @@ class World(Section):
     planted_attribute: Literal["context", "colour"]; planted_values: Optional[_list(Text)]
     train_rate: Share; eval_rate: Share; confuser_rate: Share; eval_confuser_rate: Optional[Share]
     noise: Share; min_size: Fraction; max_size: Fraction; min_contrast: _num(float, ge=0, le=2)
-
     @model_validator(mode="after")
     def _shares_and_planted_values(self):
         if self.min_size > self.max_size:
@@ -129,48 +93,41 @@ class World(Section):
         if self.eval_confuser_rate is not None and self.eval_rate + self.eval_confuser_rate > 1:
             raise _refuse("eval_confuser_rate", self.eval_confuser_rate, f"null or <= 1 - world.eval_rate "
                           f"({1 - self.eval_rate:g}): both are shares of one class's val / test / pool images")
-        planted = self.planted_values
+        planted, attribute = self.planted_values, self.planted_attribute
         if planted is not None and len(planted) != len(self.classes):
             raise _refuse("planted_values", planted, f"null or one value per entry of world.classes "
                           f"({len(self.classes)}), got {len(planted)}")
-        vocab_key = "contexts" if self.planted_attribute == "context" else "colours"
+        key = "contexts" if attribute == "context" else "colours"
         for i, value in enumerate(planted or []):
-            if value not in getattr(self, vocab_key):
-                raise _refuse(f"planted_values[{i}]", value, f"one of world.{vocab_key} ({' | '.join(getattr(self, vocab_key))}) "
-                              f"since world.planted_attribute is {self.planted_attribute}")
+            if value not in getattr(self, key):
+                raise _refuse(f"planted_values[{i}]", value, f"one of world.{key} ({' | '.join(getattr(self, key))}) "
+                              f"since world.planted_attribute is {attribute}")
         return self
-
 
 class Baseline(Section):
     arch: Literal["small_cnn", "resnet18"]; width: Size; epochs: Size; batch_size: Size
     lr: Positive; momentum: Momentum; weight_decay: NonNegative; augment: bool; device: Device
 class ClipTrain(Section):
-    embed_dim: Size; width: Size
-    layers: Union[Size, _list(Size)]  # int: ViT depth; 4 block counts: open_clip ModifiedResNet
-    patch_size: Size; text_width: Size; text_layers: Size; context_length: Size; steps: Size
+    embed_dim: Size; width: Size; layers: Union[Size, _list(Size)]; patch_size: Size; text_width: Size
+    text_layers: Size; context_length: Size; steps: Size; lr: Positive; warmup: Count
     batch_size: _num(int, ge=2)  # a contrastive loss needs at least one negative
-    lr: Positive; warmup: Count
 class Clip(Section):
     source: Literal["world", "corpus", "open_clip"]; arch: Text; pretrained: Text; batch_size: Size; device: Device
     train: ClipTrain
 class DecoderTrain(Section):
-    channels: _list(Size); patch_size: Size; attention_levels: Count; scale_shift: bool
-    steps: Size; batch_size: Size; lr: Positive; warmup: Count; ema_decay: Momentum
-    cond_dropout: Momentum; text_cond_prob: Share; cond_scale: Positive
-    prediction_type: Literal["epsilon", "v_prediction"]; snr_gamma: Optional[Positive]
-    train_timesteps: _num(int, ge=2); mixed_precision: MixedPrecision
+    channels: _list(Size); patch_size: Size; attention_levels: Count; scale_shift: bool; steps: Size
+    batch_size: Size; lr: Positive; warmup: Count; ema_decay: Momentum; cond_dropout: Momentum
+    text_cond_prob: Share; cond_scale: Positive; prediction_type: Literal["epsilon", "v_prediction"]
+    snr_gamma: Optional[Positive]; train_timesteps: _num(int, ge=2); mixed_precision: MixedPrecision
 class Decoder(Section):
     source: Literal["world", "corpus", "unclip"]; model: Text; text_model: Text
     num_inference_steps: Size; guidance_scale: NonNegative; batch_size: Size
     mixed_precision: MixedPrecision; device: Device; train: DecoderTrain
-class Svm(Section):
-    c_grid: _list(Positive, unique=True); folds: _num(int, ge=2); max_iter: Size; min_errors: Size
-
+class Svm(Section): c_grid: _list(Positive, unique=True); folds: _num(int, ge=2); max_iter: Size; min_errors: Size
 
 class Caption(Section):
     template: Text; adjectives: Optional[_list(Text, unique=True)]; contexts: Optional[_list(Text, unique=True)]
     top_k: Size
-
     @model_validator(mode="after")
     def _template_slots(self):
         allowed = ", ".join("{" + s + "}" for s in CAPTION_SLOTS)
@@ -183,7 +140,6 @@ class Caption(Section):
                           f"a string containing {{noun}} and no placeholders other than {allowed}")
         return self
 
-
 class Generate(Section):
     n_per_class: Size; walk: Literal["extent", "normal"]; alpha: Fraction; n_captions: Size
     caption_weight: Fraction; eval_alphas: _list(Fraction, unique=True); n_eval_per_class: Size
@@ -191,37 +147,20 @@ class Generate(Section):
 class Finetune(Section):
     arms: _list(Arm, unique=True); seeds: _list(Count, unique=True); pool_k: Size; last_layer_only: bool
     epochs: Size; batch_size: Size; lr: Positive; momentum: Momentum; weight_decay: NonNegative
-class Evaluate(Section):
-    k: Size
-class Tracking(Section):
-    experiment: Text; uri: Text
-
-
-RAY_MODULES = ("ray", "pyarrow", "pandas")  # what `ray.data` needs: the optional extra installs all three
-
+class Evaluate(Section): k: Size
+class Tracking(Section): experiment: Text; uri: Text
 
 class Compute(Section):
     """Where the embed and generate stages run their batches (failmap.engine)."""
     engine: Literal["local", "ray"]; workers: Size; gpus_per_worker: NonNegative
     address: Optional[Text]  # null: start a local Ray with num_cpus = workers
 
-    @model_validator(mode="after")
-    def _ray_installed(self):
-        """engine ray needs the optional extra; checked by module lookup only (importing
-        Ray takes seconds, and every stage validates the whole file)."""
-        import importlib.util
-
-        def found(name):
-            try:
-                return importlib.util.find_spec(name) is not None
-            except (ImportError, ValueError):  # a module set to None in sys.modules, or without a spec
-                return False
-        missing = [name for name in RAY_MODULES if self.engine == "ray" and not found(name)]
-        if missing:
-            raise _refuse("engine", self.engine, f"local, or Ray installed for engine ray: {', '.join(missing)} "
-                          f"cannot be imported; install the optional extra with: pip install -e '.[ray]'")
-        return self
-
+def _importable(name: str) -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules, or without a spec
+        return False
 
 class Params(Section):
     seed: Count  # numpy and torch both refuse negative seeds
@@ -229,12 +168,11 @@ class Params(Section):
     world: Optional[World]  # a mapping iff data.source is world, else null
     baseline: Baseline; clip: Clip; decoder: Decoder; svm: Svm; caption: Caption; generate: Generate
     finetune: Finetune; evaluate: Evaluate; tracking: Tracking; compute: Compute
-
     @model_validator(mode="after")
     def _cross_sections(self):
         source = self.data.source
         if (source == "world") != (self.world is not None):
-            raise _refuse("world", None if self.world is None else as_dict(self.world),
+            raise _refuse("world", self.world and as_dict(self.world),
                           "the world's settings (a mapping) with data.source world" if source == "world" else
                           f"null with data.source {source}: the procedural world's settings apply to world only")
         if self.generate.n_captions > self.caption.top_k:
@@ -244,21 +182,24 @@ class Params(Section):
             raise _refuse("generate.caption_weight", self.generate.caption_weight,
                           "1 with decoder.source unclip: its caption images come from the words (text-to-image), "
                           "which cannot be blended with an image embedding")
+        # engine ray needs the optional extra: looked up, not imported (Ray takes seconds to import)
+        missing = [name for name in RAY_MODULES if self.compute.engine == "ray" and not _importable(name)]
+        if missing:
+            raise _refuse("compute.engine", "ray", f"local, or Ray installed for engine ray: {', '.join(missing)} "
+                          f"cannot be imported; install the optional extra with: pip install -e '.[ray]'")
         _check_foundation_models(self)
         return self
 
-
 def _check_foundation_models(p: Params) -> None:
-    """source 'world' loads the shipped foundation models (models/pretrained/): they
-    know only the embedded world, and only what their corpus covered."""
+    """source 'world' loads the shipped models (models/pretrained/): they know only the world their corpus drew."""
     shipped = [key for key, source in (("clip.source", p.clip.source), ("decoder.source", p.decoder.source))
                if source == "world"]
-    if not shipped:
-        return
-    if p.data.source != "world":
+    if shipped and p.data.source != "world":
         raise _refuse(shipped[0], "world", f"'corpus' (train on the data's captioned corpus: data.captions_file) "
                       f"or a pretrained model ({'open_clip' if shipped[0] == 'clip.source' else 'unclip'}) with "
                       f"data.source {p.data.source}: the shipped world models know only the embedded world")
+    if not shipped:
+        return
     if p.decoder.source == "world" and p.clip.source != "world":
         raise _refuse("decoder.source", "world", f"'corpus' or 'unclip' with clip.source {p.clip.source}: the "
                       f"shipped world decoder draws from the shipped world CLIP's embeddings (clip.source: world)")
@@ -272,11 +213,9 @@ def _check_foundation_models(p: Params) -> None:
     missing = uncovered(read_json(card_path), classes=w.classes, colours=w.colours, contexts=w.contexts,
                         min_size=w.min_size, max_size=w.max_size, noise=w.noise, image_size=p.data.image_size)
     if missing:
-        raise PydanticCustomError("said", "{said}", {"said": (
-            f"{shipped[0]} = world: the shipped foundation models were trained on a corpus that does not cover "
-            + "; ".join(missing) + ". Use values the corpus has, or set clip.source / decoder.source to corpus "
-            "to train them on this world's own corpus split")})
-
+        raise _refuse(shipped[0], "world", "values the shipped models' foundation corpus covers; it does not cover "
+                      + "; ".join(missing) + ". Use values it has, or set clip.source / decoder.source to corpus "
+                      "to train them on this world's own corpus split")
 
 # ------------------------------------------------------- foundation/params.yaml
 class FoundationCorpus(Section):
@@ -289,12 +228,10 @@ class FoundationReport(Section):
 class FoundationParams(Section):
     seed: Count; corpus: FoundationCorpus; clip: ClipTrain; decoder: FoundationDecoder; report: FoundationReport
 
-
 # ---------------------------------------------------------- pydantic -> ParamsError
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
 
 def _models(annotation) -> list[type[BaseModel]]:
     """The models a field holds: itself, the members of a union, what an Optional or list wraps."""
@@ -302,177 +239,142 @@ def _models(annotation) -> list[type[BaseModel]]:
         return [annotation]
     return [m for arg in typing.get_args(annotation) for m in _models(arg)]
 
+def _fields(models) -> dict:  # the fields of every model given (the variants of the data union: all of theirs)
+    return {name: info for m in models for name, info in m.model_fields.items()}
 
 def _dotted_keys(schema) -> list[str]:
     """Every dotted key and section name of the schema (all data sources), for 'did you mean' hints."""
     def walk(models, prefix):
-        for name, info in {n: f for m in models for n, f in m.model_fields.items()}.items():
+        for name, info in _fields(models).items():
             yield prefix + name
             yield from walk(_models(info.annotation), prefix + name + ".")
     return list(dict.fromkeys(walk([schema], "")))
 
-
-def _tags(model) -> tuple:
-    """The data.source values a variant of the discriminated data union stands for."""
-    field = model.model_fields.get("source")
-    return typing.get_args(field.annotation) if field else ()
-
+def _tags(model) -> tuple:  # the data.source value a variant of the data union stands for
+    return typing.get_args(model.model_fields["source"].annotation) if "source" in model.model_fields else ()
 
 def _locate(loc, schema) -> tuple[str, list[str], str | None]:
     """pydantic's error location -> (dotted key, the keys valid beside its last part, the data.source chosen)."""
     key, models, here, tag = "", [schema], [], None
     for part in loc:
-        fields = {n: f for m in models for n, f in m.model_fields.items()}
         if isinstance(part, int):
             key += f"[{part}]"
         elif len(models) > 1 and any(part in _tags(m) for m in models):
             models, tag = [m for m in models if part in _tags(m)], part  # the variant data.source chose
         elif models:  # a key: a field, or the unknown one an extra_forbidden error names
+            fields = _fields(models)
             key, here = key + ("." if key else "") + part, list(fields)
             models = _models(fields[part].annotation) if part in fields else []
         # else: the name of a union member (int, list[int], ...), not part of the key
     return key, here, tag
 
-
-_EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
-             "string_type": "a string", "list_type": "a list", "model_type": "a mapping",
-             "model_attributes_type": "a mapping", "dict_type": "a mapping"}
+_EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false", "list_type": "a list",
+             "string_type": "a string", "string_too_short": "a non-empty string", "model_type": "a mapping",
+             "model_attributes_type": "a mapping"}  # the data union's word for it
 _RANK = {"extra_forbidden": 0, "missing": 2}  # a typo'd key also leaves the right one missing: name the typo first
 
-
 def _explain(err: ValidationError, schema) -> str:
+    """The first of pydantic's errors as `dotted.key = value: expected ...`."""
     errors = sorted(err.errors(), key=lambda e: (_RANK.get(e["type"], 1), -len(e["loc"])))
-    first = errors[0]
-    kind, value, ctx = first["type"], first.get("input"), first.get("ctx") or {}
-    key, here, tag = _locate(first["loc"], schema)
-    if kind == "said":
-        return ctx["said"]
+    kind, value, ctx = errors[0]["type"], errors[0].get("input"), errors[0].get("ctx") or {}
+    key, here, tag = _locate(errors[0]["loc"], schema)
     if kind == "refused":
-        key = f"{key}.{ctx['key']}" if key else ctx["key"]
-        return f"{key} = {_short(ctx['value'])}: expected {ctx['expected']}"
+        return f"{key + '.' if key else ''}{ctx['key']} = {_short(ctx['value'])}: expected {ctx['expected']}"
     if kind == "extra_forbidden":
         known = _dotted_keys(schema)
         close = [] if key in known else difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}?" if close else f"known keys here: {', '.join(here)}"
-        if key in known and tag:  # a key of another data source (an override merged into, not replacing, data)
+        if key in known and tag:  # another source's key: an override merged into data instead of replacing it
             hint = f"not a key of source {tag} ({', '.join(here)}); '~data:' in an override file replaces the section"
         return f"{key} = {_short(value)}: unknown key; {hint}"
     if kind == "missing":
-        return (f"{key}: missing; every key must be given (the params file holds every default; a file of "
-                f"overrides is laid over it with failmap.params.overlay)")
+        return f"{key}: missing; every key must be given (the params file holds every default; overrides are laid " \
+               f"over it with failmap.params.overlay)"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         tags = " | ".join(re.findall(r"'([^']*)'", ctx.get("expected_tags", "")))
         return f"{key}.source = {_short(ctx.get('tag'))}: expected one of {tags or 'the known sources'}"
     expected = []  # a union reports one error per member at the same key: say them all
     for e in errors:
         if _locate(e["loc"], schema)[0] == key and _RANK.get(e["type"], 1) == 1:
-            e_ctx = e.get("ctx") or {}
-            text = ("one of " + " | ".join(re.findall(r"'([^']*)'", e_ctx["expected"]))
+            text = ("one of " + " | ".join(re.findall(r"'([^']*)'", e["ctx"]["expected"]))
                     if e["type"] == "literal_error" else _EXPECTED.get(e["type"], e["msg"]))
-            if e["type"] == "float_type" and isinstance(e.get("input"), str):
-                text += " (YAML reads 1e-3 as a string: write 1.0e-3)"
-            expected.append(text)
+            hint = e["type"] == "float_type" and isinstance(e.get("input"), str)
+            expected.append(text + (" (YAML reads 1e-3 as a string: write 1.0e-3)" if hint else ""))
     return f"{key} = {_short(value)}: expected {' or '.join(dict.fromkeys(expected))}"
-
 
 # ---------------------------------------------------------------- the public API
 def overlay(base: dict, over: dict) -> dict:
-    """``over`` laid over ``base``, the one way an override file applies (neither is modified).
-
-    A mapping merges into a mapping key by key, recursively; any other value
-    (a list, a number, null) replaces. A key written ``~name`` removes ``name``
-    before the rest applies, as ``dvc exp run -S '~name'`` does: ``~data:`` then
-    ``data: {...}`` replaces the data section instead of merging into it.
-    Unknown keys are left for the schema to refuse (with a did-you-mean).
-    """
+    """``over`` laid over ``base``, the one way an override file applies (neither is modified): a mapping
+    merges into a mapping key by key, recursively; any other value (a list, a number, null) replaces; a key
+    ``~name`` first removes ``name``, as ``dvc exp run -S '~name'`` does (``~data:`` then ``data: {...}``
+    replaces the section instead of merging). Unknown keys are left for the schema to refuse."""
     out = {k: v for k, v in base.items() if f"~{k}" not in over}
     for key, value in over.items():
-        if key.startswith("~"):
-            if value is not None:
-                raise ParamsError(f"{key} = {_short(value)}: expected nothing (a removal: write '{key}:' alone)")
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = overlay(out[key], value)
-        else:
-            out[key] = value
+        if key.startswith("~") and value is not None:
+            raise ParamsError(f"{key} = {_short(value)}: expected nothing (a removal: write '{key}:' alone)")
+        elif not key.startswith("~"):
+            out[key] = overlay(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
-
 def params_from_dict(raw, schema=None):
-    """Validate a complete nested mapping (as read from params.yaml) and return the typed
-    Params (or the typed ``schema``, e.g. ``FoundationParams`` for foundation/params.yaml)."""
+    """Validate a complete mapping as read from params.yaml: typed Params (or ``schema``, e.g. FoundationParams)."""
     schema = schema or Params
     if not isinstance(raw, dict):
-        raise ParamsError(f"top level = {_short(raw)}: expected a mapping of sections "
-                          f"({', '.join(schema.model_fields)})")
+        sections = ", ".join(schema.model_fields)
+        raise ParamsError(f"top level = {_short(raw)}: expected a mapping of sections ({sections})")
     try:
         return schema.model_validate(raw)
     except ValidationError as err:
         raise ParamsError(_explain(err, schema)) from None
 
-
 def _read(path: Path):
     try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ParamsError(f"params file {path} not found") from None
-    except OSError as err:
-        raise ParamsError(f"params file {path} cannot be read: {err}") from None
-    except yaml.YAMLError as err:
-        raise ParamsError(f"params file {path} is not valid YAML: {err}") from None
-
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        why = ("not found" if isinstance(err, FileNotFoundError) else f"is not valid YAML: {err}"
+               if isinstance(err, yaml.YAMLError) else f"cannot be read: {err}")
+        raise ParamsError(f"params file {path} {why}") from None
 
 def effective(path: str | Path = "params.yaml", over=()) -> dict:
-    """The raw mapping of ``path`` with each file of ``over`` laid over it in turn (`overlay`)."""
-    raw = _read(Path(path))
+    """The raw mapping of ``path`` with each override file of ``over`` laid over it in turn."""
+    raw = _read(path)
     for extra in over:
-        layer = _read(Path(extra))
-        if not isinstance(layer, dict) or not isinstance(raw, dict):
-            bad = extra if isinstance(raw, dict) else path
-            raise ParamsError(f"params file {bad}: top level = {_short(layer if bad == extra else raw)}: "
-                              f"expected a mapping of sections")
-        raw = overlay(raw, layer)
+        layer = _read(extra)
+        if not isinstance(layer, dict):
+            raise ParamsError(f"params file {extra}: top level = {_short(layer)}: expected a mapping of sections")
+        raw = overlay(raw, layer) if isinstance(raw, dict) else raw  # a base that is no mapping: refused below
     return raw
 
-
 def load_params(path: str | Path = "params.yaml", schema=None, *, over=()):
-    """Read and validate a params file (with override files ``over`` laid over it);
+    """Read and validate a params file, with the override files ``over`` laid over it;
     raise ParamsError naming the file(s) and the key."""
-    raw = effective(path, over)
     try:
-        return params_from_dict(raw, schema)
+        return params_from_dict(effective(path, over), schema)
     except ParamsError as err:
         raise ParamsError(f"params file {' + '.join(map(str, [path, *over]))}: {err}") from None
 
-
 def as_dict(params) -> dict:
-    """Nested plain dict (lists stay lists) of a model or one of its sections, the shape of params.yaml."""
+    """Nested plain dict (lists stay lists) of the params or one section, the shape of params.yaml."""
     return params.model_dump()
-
 
 def apply(configs, target: str | Path = "params.yaml") -> None:
     """Lay ``configs`` over ``target`` in order, validate, and rewrite ``target`` (its comments are lost)."""
     load_params(target, over=configs)
-    header = (f"# {target} + {' + '.join(map(str, configs))} (python -m failmap.params apply); the commented "
-              f"defaults: git checkout {target}\n")
+    header = f"# {target} + {' + '.join(map(str, configs))} (failmap.params apply); commented: git checkout {target}\n"
     Path(target).write_text(header + yaml.safe_dump(effective(target, configs), sort_keys=False))
-
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if (args[:1] == ["apply"] and len(args) < 2) or (args[:1] != ["apply"] and len(args) > 1):
-        print("usage: python -m failmap.params [params.yaml] | apply CONFIG.yaml...", file=sys.stderr)
-        return 2
+    applying = args[:1] == ["apply"]
     try:
-        if args[:1] == ["apply"]:
-            apply(args[1:])
-        else:
-            load_params(args[0] if args else "params.yaml")
+        if (applying and len(args) < 2) or (not applying and len(args) > 1):
+            raise ParamsError("usage: python -m failmap.params [params.yaml] | apply CONFIG.yaml...")
+        apply(args[1:]) if applying else load_params(args[0] if args else "params.yaml")
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("ok")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
