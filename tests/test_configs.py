@@ -42,3 +42,21 @@ def test_gate_checks_name_declared_metrics_files():
             declared |= set(entry) if isinstance(entry, dict) else {entry}
     checks = load_checks(repo / "gate.yaml")
     assert checks and {c.file for c in checks} <= declared
+
+
+# The README's `dvc exp run -S` form of `apply configs/pretrained.yaml configs/cifar10.yaml`
+CIFAR10_SET_PARAMS = [
+    "world=null", "~data", "+data={source:cifar10,root:data/raw,download:true,n_val:5000,n_pool:10000}",
+    "clip.source=open_clip", "decoder.source=unclip", "decoder.num_inference_steps=25", "decoder.guidance_scale=7.0",
+    "decoder.batch_size=16", "generate.caption_weight=1.0", "baseline.arch=resnet18", "baseline.epochs=30",
+    "baseline.batch_size=256", "baseline.lr=0.1"]
+
+
+def test_dvc_set_params_grammar_gives_the_same_run_as_the_config_files(tmp_path):
+    """DVC's own override function (what `dvc exp run -S` calls): `~` deletes, `+` adds, null is kept."""
+    from dvc.utils.hydra import apply_overrides
+    copy = tmp_path / "params.yaml"
+    copy.write_text(DEFAULT.read_text())
+    apply_overrides(copy, CIFAR10_SET_PARAMS)
+    assert load_params(copy) == load_params(DEFAULT, over=[PRETRAINED, REPO / "configs" / "cifar10.yaml"])
+    assert "# master seed" in copy.read_text()  # unlike `failmap.params apply`, -S keeps the comments

@@ -20,7 +20,7 @@ from failmap.decoders import load_decoder
 from failmap.embedder import SHIPPED_CLIP_WEIGHTS, load_embedder, register_config, world_clip_paths
 from failmap.foundation import (CLIP_NAME, DECODER_NAME, CardMismatch, CorpusSpec, install_shipped,
                                 render_corpus, shipped_dir, uncovered, verify_card, write_card)
-from failmap.params import FoundationParams, ParamsError, load_params, params_from_dict
+from failmap.params import FoundationParams, ParamsError, load_params, overlay, params_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,16 +114,21 @@ def test_foundation_params_validate_their_own_schema(tmp_path):
 
 # ---------------------------------------------------------------- shipped models
 def test_task_world_outside_the_foundation_corpus_is_refused_before_any_work():
+    default = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def params_over_default(over):
+        return params_from_dict(overlay(default, over))
     with pytest.raises(ParamsError, match=r"does not cover world.noise 0.5"):
-        params_from_dict({"world": {"noise": 0.5}})
+        params_over_default({"world": {"noise": 0.5}})
+    cifar = {"source": "cifar10", "root": "data/raw", "download": False, "n_val": 10, "n_pool": 10}
     with pytest.raises(ParamsError, match=r"clip.source = 'world'.*data.source cifar10"):
-        params_from_dict({"data": {"source": "cifar10"}})
+        params_over_default({"~data": None, "data": cifar, "world": None})
     with pytest.raises(ParamsError, match=r"decoder.source = 'world'.*clip.source corpus"):
-        params_from_dict({"clip": {"source": "corpus"}})
+        params_over_default({"clip": {"source": "corpus"}})
     # every world the corpus covers runs on the shipped models unchanged
-    params_from_dict({"world": {"classes": ["moon", "diamond", "star"], "colours": ["pink", "black"],
-                                "contexts": ["road", "night"], "planted_attribute": "colour"}, "seed": 7})
-    params_from_dict({"clip": {"source": "corpus"}, "decoder": {"source": "corpus"}, "world": {"noise": 0.5}})
+    params_over_default({"world": {"classes": ["moon", "diamond", "star"], "colours": ["pink", "black"],
+                                   "contexts": ["road", "night"], "planted_attribute": "colour"}, "seed": 7})
+    params_over_default({"clip": {"source": "corpus"}, "decoder": {"source": "corpus"}, "world": {"noise": 0.5}})
 
 
 def test_shipped_models_match_their_cards_and_fit_the_size_budget():
