@@ -344,7 +344,8 @@ def test_overlay_merges_mappings_replaces_the_rest_and_modifies_nothing():
 
 def test_overlay_tilde_removes_a_key_before_the_rest_applies():
     base = {"data": {"source": "world", "image_size": 32}, "seed": 0}
-    assert overlay(base, {"~data": None, "data": {"source": "cifar10"}}) == {"data": {"source": "cifar10"}, "seed": 0}
+    replaced = overlay(base, {"~data": None, "data": {"source": "cifar10"}})
+    assert replaced == {"data": {"source": "cifar10"}, "seed": 0} and list(replaced) == ["data", "seed"]  # in place
     assert overlay(base, {"~seed": None}) == {"data": base["data"]}
     with pytest.raises(ParamsError, match="~seed = 3: expected nothing"):
         overlay(base, {"~seed": 3})

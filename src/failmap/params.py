@@ -230,8 +230,7 @@ class FoundationParams(Section):
 
 # ---------------------------------------------------------- pydantic -> ParamsError
 def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
 
 def _models(annotation) -> list[type[BaseModel]]:
     """The models a field holds: itself, the members of a union, what an Optional or list wraps."""
@@ -308,12 +307,13 @@ def overlay(base: dict, over: dict) -> dict:
     merges into a mapping key by key, recursively; any other value (a list, a number, null) replaces; a key
     ``~name`` first removes ``name``, as ``dvc exp run -S '~name'`` does (``~data:`` then ``data: {...}``
     replaces the section instead of merging). Unknown keys are left for the schema to refuse."""
-    out = {k: v for k, v in base.items() if f"~{k}" not in over}
+    out = {k: v for k, v in base.items() if f"~{k}" not in over or k in over}  # one given anew keeps its place
     for key, value in over.items():
         if key.startswith("~") and value is not None:
             raise ParamsError(f"{key} = {_short(value)}: expected nothing (a removal: write '{key}:' alone)")
         elif not key.startswith("~"):
-            out[key] = overlay(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+            merge = isinstance(value, dict) and isinstance(out.get(key), dict) and f"~{key}" not in over
+            out[key] = overlay(out[key], value) if merge else value
     return out
 
 def params_from_dict(raw, schema=None):
