@@ -52,6 +52,7 @@ def _section(cls):
 Device = Literal["auto", "cpu", "cuda"]
 Arm = Literal["none", "generic", "caption", "direction", "pool_svm", "pool_random", "pool_confidence"]
 CAPTION_SLOTS = ("adjective", "noun", "context")  # the placeholders caption.template may use
+CaptionSource = Literal["template", "subtypes", "wordnet", "file", "corpus"]  # failmap.caption_sources.SOURCES
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,9 @@ class World:
     min_size: float = _p(0.45, gt=0, le=1)
     max_size: float = _p(0.8, gt=0, le=1)
     min_contrast: float = _p(0.35, ge=0, le=2)
+    # superclass world (null: off): world.classes name groups of shapes, one member of each rare in train
+    superclasses: Optional[list[list[str]]] = _p(None, min_len=1)
+    rare_members: Optional[list[str]] = _p(None, min_len=1)
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,10 @@ class Caption:
     adjectives: Optional[list[str]] = _p(None, min_len=1, unique=True)
     contexts: Optional[list[str]] = _p(None, min_len=1, unique=True)
     top_k: int = _p(10, ge=1)
+    sources: list[CaptionSource] = _p(["template"], min_len=1, unique=True)
+    subtypes: Optional[dict[str, list[str]]] = None
+    file: Optional[str] = _p(None, min_len=1)
+    diversity: float = _p(0.3, ge=0, lt=1)
 
 
 @dataclass(frozen=True)
@@ -300,6 +308,8 @@ def _describe(tp) -> str:
         return "one of " + " | ".join(args)
     if origin is list:
         return f"a list of ({_describe(args[0])})"
+    if origin is dict:
+        return f"a mapping of {_describe(args[0])} to ({_describe(args[1])})"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[tp]
 
 
@@ -354,6 +364,11 @@ def _convert(tp, value, key: str, meta):
             if repeated:
                 raise _fail(key, value, f"entries without repeats (repeated: {', '.join(repeated)})")
         return items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _fail(key, value, _describe(tp))
+        return {_convert(args[0], k, f"{key} key", {}): _convert(args[1], v, f"{key}.{k}", meta)
+                for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise _fail(key, value, "true or false")
@@ -433,6 +448,8 @@ def _check_cross_fields(p: Params) -> None:
                 raise _fail(f"world.planted_values[{i}]", value,
                             f"one of {vocab_key} ({' | '.join(vocab)}) since world.planted_attribute "
                             f"is {w.planted_attribute}")
+    _check_superclass_world(w)
+    _check_caption_sources(p.caption)
     _check_foundation_models(p)
     _check_engine(p.compute)
     if p.generate.n_captions > p.caption.top_k:
@@ -451,6 +468,49 @@ def _check_cross_fields(p: Params) -> None:
     if "noun" not in slots or not slots <= set(CAPTION_SLOTS):
         raise _fail("caption.template", template,
                     f"a string containing {{noun}} and no placeholders other than {allowed}")
+
+
+def _check_superclass_world(w: World) -> None:
+    """world.superclasses: one group of distinct shapes per class, each shape in one group;
+    world.rare_members: one member of each group (null: drawn from the seed)."""
+    if w.superclasses is None:
+        if w.rare_members is not None:
+            raise _fail("world.rare_members", w.rare_members, "null unless world.superclasses is set")
+        return
+    if len(w.superclasses) != len(w.classes):
+        raise _fail("world.superclasses", w.superclasses,
+                    f"one list of member shapes per entry of world.classes ({len(w.classes)}), "
+                    f"got {len(w.superclasses)}")
+    if w.planted_values is not None:
+        raise _fail("world.planted_values", w.planted_values,
+                    "null with world.superclasses: the planted subpopulation is each group's rare member "
+                    "(world.rare_members)")
+    seen = {}
+    for name, members in zip(w.classes, w.superclasses):
+        if len(members) < 2:
+            raise _fail(f"world.superclasses[{w.classes.index(name)}]", members,
+                        f"at least 2 member shapes for class {name} (one is the rare one)")
+        for m in members:
+            if m in seen:
+                raise _fail("world.superclasses", w.superclasses,
+                            f"each shape in one group only: {m!r} is in both {seen[m]} and {name}")
+            seen[m] = name
+    if w.rare_members is not None:
+        if len(w.rare_members) != len(w.classes):
+            raise _fail("world.rare_members", w.rare_members,
+                        f"null or one member per entry of world.classes ({len(w.classes)}), got {len(w.rare_members)}")
+        for i, (m, members) in enumerate(zip(w.rare_members, w.superclasses)):
+            if m not in members:
+                raise _fail(f"world.rare_members[{i}]", m, f"one of world.superclasses[{i}] ({' | '.join(members)})")
+
+
+def _check_caption_sources(c: Caption) -> None:
+    """caption.file goes with the file source, caption.subtypes with the subtypes source."""
+    if ("file" in c.sources) != (c.file is not None):
+        raise _fail("caption.file", c.file, "a path when caption.sources lists file, else null"
+                    if c.file is None else "null, since caption.sources does not list file")
+    if c.subtypes and "subtypes" not in c.sources:
+        raise _fail("caption.subtypes", c.subtypes, "null, since caption.sources does not list subtypes")
 
 
 RAY_MODULES = ("ray", "pyarrow", "pandas")  # what `ray.data` needs: the optional extra installs all three
@@ -496,7 +556,8 @@ def _check_foundation_models(p: Params) -> None:
         raise _fail(shipped[0], "world", f"a shipped foundation model, but {card_path} is missing "
                     f"(restore models/pretrained/ with git, or rebuild it: cd foundation && dvc repro)")
     w = p.world
-    missing = uncovered(read_json(card_path), classes=w.classes, colours=w.colours, contexts=w.contexts,
+    shapes = [m for group in w.superclasses for m in group] if w.superclasses else w.classes
+    missing = uncovered(read_json(card_path), classes=shapes, colours=w.colours, contexts=w.contexts,
                         min_size=w.min_size, max_size=w.max_size, noise=w.noise, image_size=p.data.image_size)
     if missing:
         raise ParamsError(f"{shipped[0]} = world: the shipped foundation models were trained on a corpus that "
