@@ -8,9 +8,11 @@ CLIP. Runs ``dvc repro caption`` there once (prepare, baseline, embed, SVMs,
 captions), then re-runs only the caption stage for each caption-bank setting
 in ``SETTINGS``, and prints, per setting, the share of superclasses whose
 top-3 hard captions name the rare member (bar >= 0.8) and, once, each class's
-SVM AP of the rare member on test (bar >= 0.8), then one JSON object.
+SVM AP of the rare member on test (bar >= 0.8), then one JSON object. As a
+diagnostic it also prints the baseline's test accuracy per member and whether
+the top-3 name the member the baseline fails on most.
 
-    python benchmarks/bench_superclass.py [--keep DIR]
+    python benchmarks/bench_superclass.py [--keep DIR | --reuse DIR]
 
 A few minutes of CPU on two cores. Ground truth (which member is rare) only
 scores: the caption bank's sub-type nouns are the world's member vocabulary.
@@ -18,6 +20,7 @@ scores: the caption bank's sub-type nouns are the world's member vocabulary.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import subprocess
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from failmap.captions import names_attribute
 from failmap.smoke import COPIED, merge, pipeline_env, repo_root
 
 BARS = {"rare_member_in_top3_hard": 0.8, "rare_member_ap": 0.8}
@@ -80,6 +84,20 @@ def write_params(repo: Path, dest: Path, overrides: dict) -> None:
     (dest / "params.yaml").write_text(yaml.safe_dump(merge(base, overrides), sort_keys=False))
 
 
+def member_accuracy(work: Path) -> dict[str, dict[str, float]]:
+    """Baseline test accuracy per class and member shape (ground truth: scoring only)."""
+    with open(work / "data/prepared/ground_truth.csv", newline="") as f:
+        member = {r["id"]: (r["class_name"], r["member"]) for r in csv.DictReader(f) if r["split"] == "test"}
+    hits: dict[tuple[str, str], list[int]] = {}
+    with open(work / "data/baseline/test.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            hits.setdefault(member[r["id"]], []).append(int(r["correct"]))
+    out: dict[str, dict[str, float]] = {}
+    for (name, shape), correct in sorted(hits.items()):
+        out.setdefault(name, {})[shape] = round(sum(correct) / len(correct), 3)
+    return out
+
+
 def repro(work: Path, stage: str) -> float:
     start = time.time()
     result = subprocess.run([sys.executable, "-m", "dvc", "repro", stage], cwd=work, env=pipeline_env())
@@ -91,20 +109,32 @@ def repro(work: Path, stage: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", metavar="DIR", help="work in DIR (must not exist) and keep it")
+    parser.add_argument("--reuse", metavar="DIR", help="a DIR an earlier --keep left: refresh its code and "
+                        "re-run only the stages that changed (after a caption-only edit: the caption stage)")
     args = parser.parse_args(argv)
     repo = repo_root()
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="failmap-superclass-"))
+    work = Path(args.keep or args.reuse or tempfile.mkdtemp(prefix="failmap-superclass-"))
     if args.keep and work.exists():
         parser.error(f"--keep {work}: already exists")
+    if args.reuse and not (work / "dvc.lock").is_file():
+        parser.error(f"--reuse {work}: not a kept benchmark folder (no dvc.lock)")
     try:
         first = next(iter(SETTINGS.values()))
-        make_copy(repo, work, with_caption(first))
+        if args.reuse:
+            for name in ("src", "stages"):
+                shutil.rmtree(work / name)
+                shutil.copytree(repo / name, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            write_params(repo, work, with_caption(first))
+        else:
+            make_copy(repo, work, with_caption(first))
         seconds = {"pipeline": repro(work, "caption")}
         meta = json.loads((work / "data/prepared/meta.json").read_text())
         svm = json.loads((work / "metrics/svm.json").read_text())
         ap = {name: svm["per_class"].get(name, {}).get("svm", {}).get("subpop_ap") for name in meta["classes"]}
         rare = {name: d["value"] for name, d in meta["planted"].items()}
         print(f"superclasses {meta['subtypes']}; rare members (ground truth) {rare}")
+        accuracy = member_accuracy(work)
+        print(f"baseline test accuracy per member: {accuracy}")
         print(f"SVM AP of the rare member on test: {ap} (bar >= {BARS['rare_member_ap']})")
         results = {}
         for label, setting in SETTINGS.items():
@@ -115,17 +145,24 @@ def main(argv: list[str] | None = None) -> int:
             hits = captions["planted_in_top3_hard"]
             top3 = {name: [(t["caption"], t.get("carried_by")) for t in top["hard"][:3]]
                     for name, top in captions["top"].items()}
+            # diagnostic: do they name the member the baseline actually fails on most (lowest test accuracy)?
+            worst = {name: min(accuracy[name], key=accuracy[name].get) for name in top3}
+            worst_hits = sum(any(names_attribute(c, worst[name])[0] for c, _ in rows) for name, rows in top3.items())
             results[label] = {"rare_member_in_top3_hard": hits["fraction"], "per_class": hits["per_class"],
+                              "worst_member_in_top3_hard": worst_hits / len(top3), "worst_member": worst,
                               "top3_hard": top3, "bank_size": captions.get("bank_size")}
             print(f"\n[{label}] rare member named in the top-3 hard captions of "
                   f"{hits['fraction']:.0%} of superclasses (bar >= {BARS['rare_member_in_top3_hard']:.0%})")
+            print(f"  (diagnostic) the member with the lowest baseline test accuracy {worst} is named for "
+                  f"{worst_hits} of {len(top3)}")
             for name, rows in top3.items():
                 print(f"  {name} (rare: {rare[name]}): " + " | ".join(f"{c} [{s}]" for c, s in rows))
-        print(json.dumps({"bars": BARS, "rare_members": rare, "svm_rare_member_ap": ap, "settings": results,
+        print(json.dumps({"bars": BARS, "rare_members": rare, "svm_rare_member_ap": ap,
+                          "baseline_test_accuracy_per_member": accuracy, "settings": results,
                           "seconds": seconds, "overrides": OVERRIDES}, indent=1))
         return 0
     finally:
-        if not args.keep:
+        if not (args.keep or args.reuse):
             shutil.rmtree(work, ignore_errors=True)
 
 

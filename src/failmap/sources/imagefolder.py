@@ -122,17 +122,18 @@ def read_captions(path: Path, known_ids: set[str]) -> tuple[dict[str, str], dict
 
 def read_subtypes(path: Path, label_of: dict[str, int], classes: list[str]) -> dict[str, list[str]] | None:
     """Per class, the distinct non-empty ``subtype`` values of its images in
-    file order, or None when the CSV has no subtype column (ids were checked
-    by ``read_captions``)."""
+    the order of ``label_of`` (split then file order, as the corpus: the CSV's
+    row order changes nothing), or None when the CSV has no subtype column
+    (ids were checked by ``read_captions``)."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if "subtype" not in (reader.fieldnames or []):
             return None
-        found: list[dict[str, None]] = [{} for _ in classes]
-        for row in reader:
-            name = " ".join((row["subtype"] or "").split())
-            if name:
-                found[label_of[row["id"]]].setdefault(name)
+        subtype_of = {row["id"]: " ".join((row["subtype"] or "").split()) for row in reader}
+    found: list[dict[str, None]] = [{} for _ in classes]
+    for image_id, label in label_of.items():
+        if subtype_of.get(image_id):
+            found[label].setdefault(subtype_of[image_id])
     return {c: list(names) for c, names in zip(classes, found)}
 
 
