@@ -12,7 +12,7 @@ SVM AP of the rare member on test (bar >= 0.8), then one JSON object. As a
 diagnostic it also prints the baseline's test accuracy per member and whether
 the top-3 name the member the baseline fails on most.
 
-    python benchmarks/bench_superclass.py [--keep DIR | --reuse DIR]
+    python benchmarks/bench_superclass.py [--seed 0] [--keep DIR | --reuse DIR]
 
 A few minutes of CPU on two cores. Ground truth (which member is rare) only
 scores: the caption bank's sub-type nouns are the world's member vocabulary.
@@ -111,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", metavar="DIR", help="work in DIR (must not exist) and keep it")
     parser.add_argument("--reuse", metavar="DIR", help="a DIR an earlier --keep left: refresh its code and "
                         "re-run only the stages that changed (after a caption-only edit: the caption stage)")
+    parser.add_argument("--seed", type=int, default=OVERRIDES["seed"],
+                        help="the master seed (draws the world, its rare members and every model)")
     args = parser.parse_args(argv)
+    OVERRIDES["seed"] = args.seed
     repo = repo_root()
     work = Path(args.keep or args.reuse or tempfile.mkdtemp(prefix="failmap-superclass-"))
     if args.keep and work.exists():

@@ -243,6 +243,17 @@ def test_source_errors_before_any_work(tmp_path, monkeypatch):
         check_sources(["template", "wordnet"], meta=META, **common)
 
 
+def test_wordnet_request_on_this_install():
+    from failmap.caption_sources import wordnet_available, wordnet_hyponyms
+    common = dict(template=TEMPLATE, adjectives=None, contexts=None, classes=["dog"], meta={"source": "x"})
+    if wordnet_available():  # an install with nltk + wordnet: real hyponyms
+        assert "puppy" in wordnet_hyponyms("dog")
+        assert check_sources(["wordnet"], **common).bank(0, "dog")
+    else:  # the default install: a clear error naming the key, before any work
+        with pytest.raises(ValueError, match="caption.sources lists wordnet.*python -m nltk.downloader wordnet"):
+            check_sources(["wordnet"], **common)
+
+
 def test_wordnet_source_uses_hyponyms_when_present(monkeypatch):
     import failmap.caption_sources as cs
     monkeypatch.setattr(cs, "wordnet_available", lambda: True)
@@ -311,15 +322,14 @@ def test_slot_effects_name_the_slot_that_carries_the_score():
     embed_texts, _ = _fake_embedder(mean, shift, np.random.default_rng(4))
     # the fake embedder: "snow" moves towards the failing images; make the sub-type noun "igloo" do so too
     ref = reference_caption(TEMPLATE, "circle")
-    words_hard = [Candidate(agree_articles(f"a photo of a red circle in the snow"), "template", "circle", "red",
-                            "in the snow")]
+    context_carried = Candidate("a photo of a red circle in the snow", "template", "circle", "red", "in the snow")
 
     def embed_with_igloo(texts):
         out = embed_texts(texts)
         return out + np.array([2 * shift if "igloo" in t.split() else 0 * shift for t in texts])
     cands = template_candidates(TEMPLATE, ["igloo"], ["red"], ["indoors"], "subtypes")
     noun_carried = next(c for c in cands if c.text == "a photo of a red igloo indoors")
-    cands = words_hard + [noun_carried, Candidate("a free text caption", "file")]
+    cands = [context_carried, noun_carried, Candidate("a free text caption", "file")]
     texts = [c.text for c in cands]
     scores = score_captions(texts, embed_with_igloo, ref, pre, svm)
     effects = slot_effects(cands, scores, "hard", TEMPLATE, "circle",
