@@ -33,6 +33,8 @@ CONFIGS = {
                  "n_pool": 10000, "minority_keep": 0.25},
         "baseline": {"arch": "resnet18", "epochs": 30, "batch_size": 256, "lr": 0.1},
         **REAL_MODELS,
+        # each superclass's fine label names in the noun slot: captions can say which subclass fails
+        "caption": {"sources": ["template", "subtypes"]},
     },
     "imagefolder": {
         "data": {"source": "imagefolder", "root": "data/raw/my_images", "image_size": 32, "captions_file": None},
