@@ -1,9 +1,15 @@
 """Stage caption: name each class's failure direction in words (METHOD.md
-step 4) and show its hardest and easiest test images."""
+step 4) and show its hardest and easiest test images.
+
+The caption bank comes from ``caption.sources`` (failmap.caption_sources),
+all of it read and checked before any model loads. The top hard captions go
+to ``data/captions/hard_captions.json`` (what generate reads); the metrics add
+each caption's source and the slot that carries its score."""
 import numpy as np
 
-from failmap.captions import (SummaryRow, caption_bank, planted_attribute_hits, reference_caption,
-                              score_captions, top_captions, write_summary_markdown)
+from failmap.caption_sources import check_sources
+from failmap.captions import (HARD_CAPTIONS_FILE, SummaryRow, describe_class, planted_attribute_hits,
+                              write_hard_captions, write_summary_markdown)
 from failmap.data import load_meta, load_split
 from failmap.embedder import load_embedder
 from failmap.io import read_json, write_json
@@ -19,42 +25,58 @@ def main():
         c, cap = p.clip, p.caption
         meta = load_meta(PREPARED)
         classes = meta["classes"]
+        adjectives = cap.adjectives if cap.adjectives is not None else meta["vocab"]["adjectives"]
+        contexts = cap.contexts if cap.contexts is not None else meta["vocab"]["contexts"]
+        has_corpus = "corpus" in cap.sources and "corpus" in meta.get("splits", {})
+        corpus = load_split(PREPARED, "corpus") if has_corpus else None
+        try:  # every source read and checked before any model loads
+            sources = check_sources(cap.sources, template=cap.template, adjectives=adjectives, contexts=contexts,
+                                    classes=classes, meta=meta, user_subtypes=cap.subtypes, caption_file=cap.file,
+                                    corpus_split=corpus)
+        except ValueError as error:
+            raise SystemExit(f"caption: {error}")
         pre, svms, _ = load_svms(f"{SVM_DIR}/svms.npz")
         svm_metrics = read_json(f"{METRICS}/svm.json")["per_class"]
         embedder = load_embedder(c.source, c.arch, c.pretrained, CLIP_DIR, c.device, c.batch_size)
-        adjectives = cap.adjectives if cap.adjectives is not None else meta["vocab"]["adjectives"]
-        contexts = cap.contexts if cap.contexts is not None else meta["vocab"]["contexts"]
         test = load_split(PREPARED, "test")
         with np.load(f"{SVM_DIR}/decisions.npz") as z:
             decision = z["test_decision"]
 
-        tops, rows = {}, []
-        planted = {name: d["phrase"] for name, d in meta.get("planted", {}).items() if "phrase" in d}
+        tops, ranked, rows, bank_sizes = {}, {}, [], {}
+        planted = {name: d["phrase"] for name, d in meta.get("planted", {}).items()
+                   if isinstance(d, dict) and "phrase" in d}
         for k, name in enumerate(classes):
             svm = svms[k]
             if not isinstance(svm, ClassSVM):
                 rows.append(SummaryRow(name, planted=planted.get(name), skip_reason=svm.reason))
                 continue
-            bank = caption_bank(cap.template, name, adjectives, contexts)
-            scores = score_captions(bank, embedder.embed_texts, reference_caption(cap.template, name), pre, svm)
-            tops[name] = top_captions(bank, scores, cap.top_k)
-            hard = [t["caption"] for t in tops[name]["hard"]]
-            easy = [t["caption"] for t in tops[name]["easy"]]
+            bank = sources.bank(k, name)
+            bank_sizes[name] = len(bank)
+            top = describe_class(bank, embedder.embed_texts, cap.template, name, pre, svm, cap.top_k, cap.diversity)
+            ranked[name] = top.pop("ranked_hard")
+            tops[name] = top
+            hard = [t["caption"] for t in top["hard"]]
+            easy = [t["caption"] for t in top["easy"]]
             quality = svm_metrics.get(name, {}).get("svm", {})
             rows.append(SummaryRow(name, quality.get("balanced_accuracy"), quality.get("auroc"),
-                                   quality.get("subpop_ap"), hard, easy, planted.get(name)))
+                                   quality.get("subpop_ap"), hard, easy, planted.get(name),
+                                   hard_carried_by=[t["carried_by"] for t in top["hard"]],
+                                   easy_carried_by=[t["carried_by"] for t in top["easy"]]))
             order = np.flatnonzero(test.labels == k)
             order = order[np.argsort(decision[order], kind="stable")]
             image_grid(test.images[order[:GRID]], f"{PLOTS}/captions/{name}_hard.png",
-                       title=f"{name}, hardest test images — {hard[0]}")
+                       title=f"{name}, hardest test images: {hard[0]}")
             image_grid(test.images[order[::-1][:GRID]], f"{PLOTS}/captions/{name}_easy.png",
-                       title=f"{name}, easiest test images — {easy[0]}")
+                       title=f"{name}, easiest test images: {easy[0]}")
 
-        metrics = {"top": tops, "n_captions_per_class": len(caption_bank(cap.template, "x", adjectives, contexts))}
+        metrics = {"top": tops, "ranked_hard": ranked, "sources": list(cap.sources), "diversity": cap.diversity,
+                   "n_captions_per_class": max(bank_sizes.values(), default=0), "bank_size": bank_sizes}
         if planted:
             hits = planted_attribute_hits({n: [t["caption"] for t in t_["hard"]] for n, t_ in tops.items()},
                                           planted, k=3)
             metrics["planted_in_top3_hard"] = hits
+            metrics["planted_in_top3_ranked_hard"] = planted_attribute_hits(ranked, planted, k=3)  # diversity 0
+        write_hard_captions(f"{CAPTIONS_DIR}/{HARD_CAPTIONS_FILE}", tops)
         write_json(f"{METRICS}/captions.json", metrics)
         write_summary_markdown(f"{CAPTIONS_DIR}/summary.md", rows)
         run.log_metrics({"planted_in_top3_hard": metrics.get("planted_in_top3_hard", {}).get("fraction")})

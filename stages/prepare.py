@@ -17,7 +17,8 @@ def build(p):
                               eval_rate=w.eval_rate, confuser_rate=w.confuser_rate,
                               eval_confuser_rate=w.eval_confuser_rate, noise=w.noise,
                               min_size=w.min_size, max_size=w.max_size,
-                              min_contrast=w.min_contrast, seed=p.seed)
+                              min_contrast=w.min_contrast, superclasses=w.superclasses,
+                              rare_members=w.rare_members, seed=p.seed)
     if d.source == "cifar10":
         return prepare_cifar10(d.root, d.download, d.n_val, d.n_pool, p.seed)
     if d.source == "cifar100_superclass":

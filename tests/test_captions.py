@@ -2,9 +2,12 @@
 import numpy as np
 import pytest
 
-from failmap.captions import (SummaryRow, caption_bank, names_attribute, planted_attribute_hits,
-                              reference_caption, score_captions, summary_markdown, top_captions,
-                              write_summary_markdown)
+from failmap.caption_sources import Candidate, check_sources, read_caption_file, template_candidates
+from failmap.captions import (SummaryRow, agree_articles, caption_bank, caption_shifts, describe_class,
+                              names_attribute, planted_attribute_hits, read_hard_captions, reference_caption,
+                              score_captions, select_diverse, slot_effects, summary_markdown, top_captions,
+                              write_hard_captions, write_summary_markdown)
+from failmap.data import Split
 from failmap.svm import Preprocessor, fit_class_svm
 
 TEMPLATE = "a photo of a {adjective} {noun} {context}"
@@ -137,3 +140,228 @@ def test_summary_markdown(tmp_path):
     assert "| square | — | — | — | — | skipped: 0 wrong and 500 correct predictions | — |" in lines
     write_summary_markdown(tmp_path / "s.md", rows)
     assert (tmp_path / "s.md").read_text() == text
+
+
+# ------------------------------------------------------------------ articles
+
+def test_articles_agree_with_the_next_word():
+    assert agree_articles("a photo of a orange circle") == "a photo of an orange circle"
+    assert agree_articles("a photo of an square in a igloo") == "a photo of a square in an igloo"
+    assert agree_articles("A apple, an unicorn, a hour") == "An apple, a unicorn, an hour"
+    assert agree_articles("a photo of a circle") == "a photo of a circle"
+    assert agree_articles("banana and a") == "banana and a"  # no following word: left alone
+    bank = caption_bank(TEMPLATE, "circle", ["orange", "red"], None)
+    assert "a photo of an orange circle" in bank and "a photo of a red circle" in bank
+    assert reference_caption(TEMPLATE, "owl") == "a photo of an owl"
+
+
+# ------------------------------------------------------------------ sources
+
+META = {"source": "world", "classes": ["round", "pointy"],
+        "subtypes": {"round": ["circle", "moon"], "pointy": ["star", "cross"]}}
+
+
+def _corpus():
+    return Split(images=np.zeros((4, 2, 2, 3), np.uint8), labels=np.array([0, 1, 0, 0]),
+                 ids=np.array(list("abcd")),
+                 captions=np.array(["a photo of a moon", "a photo of a  star", "a photo of a moon", "a orange moon"]))
+
+
+def test_each_source_adds_its_captions(tmp_path):
+    f = tmp_path / "captions.txt"
+    f.write_text("# a comment\na photo of a thing\n\npointy\ta photo of a orange spike\n")
+    sources = check_sources(["template", "subtypes", "file", "corpus"], template=TEMPLATE, adjectives=["red"],
+                            contexts=["indoors"], classes=META["classes"], meta=META,
+                            user_subtypes={"round": ["disc", "moon"]}, caption_file=str(f), corpus_split=_corpus())
+    bank = sources.bank(0, "round")
+    by_source = {}
+    for c in bank:
+        by_source.setdefault(c.source, []).append(c.text)
+    assert by_source["template"] == caption_bank(TEMPLATE, "round", ["red"], ["indoors"])
+    # the data's sub-types first, then the user's, each noun once; every adjective x context
+    assert by_source["subtypes"][:4] == ["a photo of a circle", "a photo of a circle indoors",
+                                         "a photo of a red circle", "a photo of a red circle indoors"]
+    assert len(by_source["subtypes"]) == 3 * 4 and "a photo of a red disc indoors" in by_source["subtypes"]
+    assert by_source["file"] == ["a photo of a thing"]  # the per-class line belongs to pointy
+    # corpus: this class's captions only, whitespace collapsed, articles fixed, deduplicated; the
+    # one equal to a subtypes caption ("a photo of a moon") keeps its first source
+    assert by_source["corpus"] == ["an orange moon"]
+    assert len({c.text for c in bank}) == len(bank)
+    pointy = [c.text for c in sources.bank(1, "pointy") if c.source == "file"]
+    assert pointy == ["a photo of a thing", "a photo of an orange spike"]
+    slotted = next(c for c in bank if c.text == "a photo of a red circle indoors")
+    assert slotted.slots == {"noun": "circle", "adjective": "red", "context": "indoors"}
+    assert next(c for c in bank if c.source == "file").slots == {}
+
+
+def test_template_source_alone_is_todays_bank():
+    sources = check_sources(["template"], template=TEMPLATE, adjectives=COLOURS, contexts=CONTEXTS,
+                            classes=["circle"], meta={"source": "world"})
+    assert [c.text for c in sources.bank(0, "circle")] == caption_bank(TEMPLATE, "circle", COLOURS, CONTEXTS)
+
+
+@pytest.mark.parametrize("content, match", [
+    ("", "holds no caption"),
+    ("\n# only a comment\n", "holds no caption"),
+    ("hexagon\ta photo of a hexagon\n", "line 1 names class 'hexagon', which the data lack"),
+    ("round\t \n", "line 1 has a class but no caption"),
+])
+def test_caption_file_errors(tmp_path, content, match):
+    f = tmp_path / "c.txt"
+    f.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        read_caption_file(f, META["classes"])
+
+
+def test_caption_file_missing_or_unreadable(tmp_path):
+    with pytest.raises(ValueError, match="caption.file: caption file .* does not exist"):
+        read_caption_file(tmp_path / "nope.txt", META["classes"])
+    binary = tmp_path / "b.txt"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ValueError, match="cannot be read as UTF-8"):
+        read_caption_file(binary, META["classes"])
+    with pytest.raises(ValueError, match="cannot be read"):
+        read_caption_file(tmp_path, META["classes"])  # a folder
+
+
+def test_source_errors_before_any_work(tmp_path, monkeypatch):
+    common = dict(template=TEMPLATE, adjectives=None, contexts=None, classes=META["classes"])
+    with pytest.raises(ValueError, match="unknown source.*'captions'"):
+        check_sources(["template", "captions"], meta=META, **common)
+    with pytest.raises(ValueError, match="caption.subtypes: class\\(es\\) \\['oval'\\]"):
+        check_sources(["subtypes"], meta=META, user_subtypes={"oval": ["egg"]}, **common)
+    with pytest.raises(ValueError, match="no class has any"):
+        check_sources(["subtypes"], meta={"source": "cifar10"}, **common)
+    with pytest.raises(ValueError, match="caption.file is null"):
+        check_sources(["file"], meta=META, **common)
+    with pytest.raises(ValueError, match="no captioned corpus"):
+        check_sources(["corpus"], meta=META, corpus_split=Split(np.zeros((1, 2, 2, 3), np.uint8), np.zeros(1, int),
+                                                                np.array(["a"])), **common)
+    import failmap.caption_sources as cs
+    monkeypatch.setattr(cs, "wordnet_available", lambda: False)
+    with pytest.raises(ValueError, match="caption.sources lists wordnet, but nltk's WordNet is not installed"):
+        check_sources(["template", "wordnet"], meta=META, **common)
+
+
+def test_wordnet_request_on_this_install():
+    from failmap.caption_sources import wordnet_available, wordnet_hyponyms
+    common = dict(template=TEMPLATE, adjectives=None, contexts=None, classes=["dog"], meta={"source": "x"})
+    if wordnet_available():  # an install with nltk + wordnet: real hyponyms
+        assert "puppy" in wordnet_hyponyms("dog")
+        assert check_sources(["wordnet"], **common).bank(0, "dog")
+    else:  # the default install: a clear error naming the key, before any work
+        with pytest.raises(ValueError, match="caption.sources lists wordnet.*python -m nltk.downloader wordnet"):
+            check_sources(["wordnet"], **common)
+
+
+def test_wordnet_source_uses_hyponyms_when_present(monkeypatch):
+    import failmap.caption_sources as cs
+    monkeypatch.setattr(cs, "wordnet_available", lambda: True)
+    monkeypatch.setattr(cs, "wordnet_hyponyms", lambda noun: {"round": ["ring", "round"]}.get(noun, []))
+    sources = check_sources(["wordnet"], template=TEMPLATE, adjectives=None, contexts=None,
+                            classes=META["classes"], meta=META)
+    assert [c.text for c in sources.bank(0, "round")] == ["a photo of a ring"]
+    assert sources.bank(1, "pointy") == []
+
+
+def test_params_refuse_bad_caption_sources():
+    from failmap.params import ParamsError, params_from_dict
+    with pytest.raises(ParamsError, match="caption.sources\\[1\\] = 'subtype': expected one of template"):
+        params_from_dict({"caption": {"sources": ["template", "subtype"]}})
+    with pytest.raises(ParamsError, match="caption.file = None: expected a path when caption.sources lists file"):
+        params_from_dict({"caption": {"sources": ["file"]}})
+    with pytest.raises(ParamsError, match="caption.file .*null, since caption.sources does not list file"):
+        params_from_dict({"caption": {"file": "x.txt"}})
+    with pytest.raises(ParamsError, match="caption.subtypes.*does not list subtypes"):
+        params_from_dict({"caption": {"subtypes": {"circle": ["ring"]}}})
+    with pytest.raises(ParamsError, match="caption.subtypes.circle"):
+        params_from_dict({"caption": {"sources": ["subtypes"], "subtypes": {"circle": "ring"}}})
+    with pytest.raises(ParamsError, match="caption.diversity"):
+        params_from_dict({"caption": {"diversity": 1.0}})
+    p = params_from_dict({"caption": {"sources": ["template", "subtypes"], "subtypes": {"circle": ["ring"]}}})
+    assert p.caption.subtypes == {"circle": ["ring"]} and p.caption.diversity == 0.3
+
+
+# ------------------------------------------------------------------ diversity
+
+def test_diverse_selection_skips_paraphrases():
+    # captions 0-2 say one thing (shifts along e0), 3 another (e1); scores rank 0 < 1 < 2 < 3 (hardest first)
+    shifts = np.array([[1.0, 0.0], [0.99, 0.14], [0.98, 0.2], [0.0, 1.0], [0.7, 0.7]])
+    scores = np.array([-3.0, -2.9, -2.8, -2.0, 5.0])
+    assert select_diverse(scores, shifts, 3, 0.0) == [0, 1, 2]          # plain ranking
+    assert select_diverse(scores, shifts, 3, 0.5)[:2] == [0, 3]         # the other idea comes second
+    assert select_diverse(scores, shifts, 2, 0.5, side="easy") == [4, 3]
+    top = top_captions(list("abcde"), scores, 2, shifts=shifts, diversity=0.5)
+    assert [t["caption"] for t in top["hard"]] == ["a", "d"]
+    for diversity in (0.0, 0.3, 0.9):  # the first pick is the top-scoring caption whatever the diversity
+        assert select_diverse(scores, shifts, 1, diversity) == [0]
+    with pytest.raises(ValueError, match="diversity must be in"):
+        select_diverse(scores, shifts, 2, 1.0)
+
+
+def test_diverse_top_captions_on_a_real_svm_are_less_alike():
+    pre, svm, mean, shift = _fitted_svm_with_known_direction()
+    embed_texts, _ = _fake_embedder(mean, shift, np.random.default_rng(3))
+    bank = caption_bank(TEMPLATE, "circle", COLOURS, CONTEXTS)
+    shifts = caption_shifts(bank, embed_texts, reference_caption(TEMPLATE, "circle"), D)
+    scores = score_captions(bank, embed_texts, reference_caption(TEMPLATE, "circle"), pre, svm)
+
+    def mean_cosine(idx):
+        u = shifts[idx] / np.linalg.norm(shifts[idx], axis=1, keepdims=True)
+        c = u @ u.T
+        return c[np.triu_indices(len(idx), 1)].mean()
+    plain, diverse = select_diverse(scores, shifts, 5, 0.0), select_diverse(scores, shifts, 5, 0.5)
+    assert plain[0] == diverse[0]
+    assert mean_cosine(diverse) < mean_cosine(plain)
+
+
+# ------------------------------------------------------------------ per-slot attribution
+
+def test_slot_effects_name_the_slot_that_carries_the_score():
+    pre, svm, mean, shift = _fitted_svm_with_known_direction()
+    embed_texts, _ = _fake_embedder(mean, shift, np.random.default_rng(4))
+    # the fake embedder: "snow" moves towards the failing images; make the sub-type noun "igloo" do so too
+    ref = reference_caption(TEMPLATE, "circle")
+    context_carried = Candidate("a photo of a red circle in the snow", "template", "circle", "red", "in the snow")
+
+    def embed_with_igloo(texts):
+        out = embed_texts(texts)
+        return out + np.array([2 * shift if "igloo" in t.split() else 0 * shift for t in texts])
+    cands = template_candidates(TEMPLATE, ["igloo"], ["red"], ["indoors"], "subtypes")
+    noun_carried = next(c for c in cands if c.text == "a photo of a red igloo indoors")
+    cands = [context_carried, noun_carried, Candidate("a free text caption", "file")]
+    texts = [c.text for c in cands]
+    scores = score_captions(texts, embed_with_igloo, ref, pre, svm)
+    effects = slot_effects(cands, scores, "hard", TEMPLATE, "circle",
+                           lambda t: score_captions(t, embed_with_igloo, ref, pre, svm))
+    assert effects[0]["carried_by"] == "context" and set(effects[0]["slot_effect"]) == {"adjective", "context"}
+    assert effects[1]["carried_by"] == "noun" and set(effects[1]["slot_effect"]) == {"noun", "adjective", "context"}
+    assert effects[2] == {"carried_by": None, "slot_effect": {}}
+    # on the easy side the sign flips: removing "snow" makes the caption less hard, i.e. *more* easy
+    easy = slot_effects(cands[:1], scores[:1], "easy", TEMPLATE, "circle",
+                        lambda t: score_captions(t, embed_with_igloo, ref, pre, svm))
+    assert easy[0]["slot_effect"]["context"] == pytest.approx(-effects[0]["slot_effect"]["context"])
+
+
+def test_describe_class_and_hard_captions_file(tmp_path):
+    pre, svm, mean, shift = _fitted_svm_with_known_direction()
+    embed_texts, _ = _fake_embedder(mean, shift, np.random.default_rng(5))
+    sources = check_sources(["template"], template=TEMPLATE, adjectives=COLOURS, contexts=CONTEXTS,
+                            classes=["circle", "square"], meta={"source": "world"})
+    out = describe_class(sources.bank(0, "circle"), embed_texts, TEMPLATE, "circle", pre, svm, 4, 0.3)
+    assert len(out["hard"]) == len(out["easy"]) == len(out["ranked_hard"]) == 4
+    assert out["hard"][0]["caption"] == out["ranked_hard"][0]
+    first = out["hard"][0]
+    assert first["source"] == "template" and "snow" in first["caption"] and first["carried_by"] == "context"
+    write_hard_captions(tmp_path / "hard.json", {"circle": out})
+    assert read_hard_captions(tmp_path / "hard.json", ["circle", "square"]) == \
+        {0: [t["caption"] for t in out["hard"]]}
+    with pytest.raises(ValueError, match="not classes of the prepared data"):
+        read_hard_captions(tmp_path / "hard.json", ["square"])
+    with pytest.raises(FileNotFoundError, match="run the caption stage"):
+        read_hard_captions(tmp_path / "none.json", ["circle"])
+
+
+def test_summary_marks_the_carrying_slot():
+    rows = [SummaryRow("circle", hard=["a moon", "b"], easy=["c"], hard_carried_by=["noun", None])]
+    assert "a moon *(noun)*<br>b | c |" in summary_markdown(rows)

@@ -228,6 +228,9 @@ def test_cifar100_superclass_minority_cut_and_ground_truth(cifar100):
         assert row["fine"] == FINE[fine].replace("_", " ")
         assert row["label"] == fine // 3
         assert row["subpop"] == int(fine in minority)
+    # each superclass's fine label names: the sub-type vocabulary the caption source 'subtypes' reads
+    assert prepared.meta["subtypes"] == {c: [FINE[f].replace("_", " ") for f in range(3 * s, 3 * s + 3)]
+                                         for s, c in enumerate(prepared.meta["classes"])}
     # the minority is rare in train but at its natural rate (1 in 3) in test
     assert np.mean([r["subpop"] for r in rows if r["split"] == "test"]) == pytest.approx(1 / 3)
     assert np.mean([r["subpop"] for r in rows if r["split"] == "train"]) < 0.2
@@ -361,6 +364,20 @@ def test_imagefolder_captions_make_a_corpus_and_ground_truth(tmp_path):
     assert list(corpus.labels) == [0 if "/cat/" in r["id"] else 1 for r in captioned]
     assert [(g["id"], g["subpop"]) for g in prepared.ground_truth] == [(r["id"], r["subpop"]) for r in rows]
     assert {g["split"] for g in prepared.ground_truth} == {"train", "val", "test"}
+
+
+def test_imagefolder_subtype_column_names_each_class_sub_types(tmp_path):
+    root = tmp_path / "images"
+    _write_folder(root)
+    rows = [{"id": "val/dog/0.png", "caption": "a puppy", "subtype": "puppy"},
+            {"id": "train/dog/1.png", "caption": "", "subtype": " hound "},
+            {"id": "test/dog/0.png", "caption": "", "subtype": "puppy"},
+            {"id": "train/cat/0.png", "caption": "a cat", "subtype": ""}]
+    prepared = prepare_imagefolder(root, 4, captions_file=_write_csv(tmp_path / "c.csv", rows))
+    assert prepared.meta["subtypes"] == {"cat": [], "dog": ["hound", "puppy"]}  # split then file order
+    without = prepare_imagefolder(root, 4, captions_file=_write_csv(tmp_path / "d.csv", [
+        {"id": "val/dog/0.png", "caption": "a dog"}]))
+    assert "subtypes" not in without.meta
 
 
 def test_imagefolder_captions_without_subpop_give_no_ground_truth(tmp_path):

@@ -133,3 +133,93 @@ def test_sampled_worlds_follow_the_contrast_rule():
     assert not strict & {("white", "snow"), ("green", "grass"), ("blue", "water")}
     loose = pairs(generate_world(seed=1, **args, min_contrast=0.0))
     assert {("white", "snow"), ("green", "grass"), ("blue", "water")} <= loose
+
+
+# ------------------------------------------------------------------ the superclass world
+
+GROUPS = [["circle", "heart", "moon"], ["star", "cross"], ["square", "diamond", "triangle"]]
+SUPER = {**SMALL, "classes": ["round", "pointy", "boxy"], "superclasses": GROUPS,
+         "n_train": 1800, "n_val": 1200, "n_test": 30, "n_pool": 10, "n_corpus": 600, "train_rate": 0.03}
+
+
+@pytest.fixture(scope="module")
+def superworld():
+    return generate_world(seed=5, **SUPER)
+
+
+def test_superclass_world_draws_each_class_from_its_members(superworld):
+    meta = superworld.meta
+    assert meta["classes"] == SUPER["classes"]
+    assert meta["subtypes"] == dict(zip(SUPER["classes"], GROUPS))  # the vocabulary of members
+    for r in superworld.ground_truth:
+        assert r["member"] in GROUPS[r["label"]] and r["class_name"] == SUPER["classes"][r["label"]]
+    for name, planted in meta["planted"].items():
+        assert planted["attribute"] == "member" and planted["value"] in meta["subtypes"][name]
+        assert planted["phrase"] == planted["value"]
+    corpus = superworld.splits["corpus"]  # the corpus captions name the member shape, not the group
+    truth = {r["id"]: r for r in superworld.ground_truth}
+    assert all(truth[i]["member"] in c for c, i in zip(corpus.captions, corpus.ids))
+
+
+def test_superclass_world_rare_member_shares(superworld):
+    rare = {name: d["value"] for name, d in superworld.meta["planted"].items()}
+    for split, lo, hi in (("train", 0.0, 0.07), ("val", 0.24, 0.36)):  # train_rate 0.03, eval_rate 0.3
+        rows = _rows(superworld, split)
+        for name, members in zip(SUPER["classes"], GROUPS):
+            of_class = [r for r in rows if r["class_name"] == name]
+            share = np.mean([r["member"] == rare[name] for r in of_class])
+            assert lo <= share <= hi, (split, name, share)
+            others = [np.mean([r["member"] == m for r in of_class]) for m in members if m != rare[name]]
+            assert min(others) > 0.2  # the rest is shared evenly: (1 - rate) / (members - 1)
+    # ground truth: subpop is exactly the rare member; the corpus draws members uniformly
+    assert all(r["subpop"] == int(r["member"] == rare[r["class_name"]]) for r in superworld.ground_truth)
+    corpus = _rows(superworld, "corpus")
+    assert 0.15 < np.mean([r["subpop"] for r in corpus]) < 0.55
+
+
+def test_superclass_world_contexts_are_uniform(superworld):
+    train = _rows(superworld, "train")
+    for name in SUPER["classes"]:
+        counts = np.array([sum(r["context"] == c and r["class_name"] == name for r in train)
+                           for c in SMALL["contexts"]])
+        assert counts.min() > 0.5 * counts.mean()  # no planted context, no confuser
+
+
+def test_rare_members_from_params_and_seed():
+    fixed = generate_world(seed=5, **{**SUPER, "rare_members": ["moon", "star", "square"], "n_train": 60,
+                                      "n_val": 30, "n_corpus": 10})
+    assert [d["value"] for d in fixed.meta["planted"].values()] == ["moon", "star", "square"]
+    drawn = {tuple(d["value"] for d in generate_world(seed=s, **{**SUPER, "n_train": 30, "n_val": 10,
+                                                                    "n_corpus": 10}).meta["planted"].values())
+             for s in range(6)}
+    assert len(drawn) > 1  # the seed decides
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"superclasses": [["circle", "heart"], ["star", "cross"]]}, "2 groups for 3 world.classes"),
+    ({"superclasses": [["circle"], ["star", "cross"], ["square", "diamond"]]}, "round has 1 member"),
+    ({"superclasses": [["circle", "blob"], ["star", "cross"], ["square", "diamond"]]}, "unknown shape 'blob'"),
+    ({"superclasses": [["circle", "star"], ["star", "cross"], ["square", "diamond"]]}, "'star' is in both"),
+    ({"rare_members": ["circle", "star", "moon"]}, "'moon' is not a member of boxy"),
+])
+def test_bad_superclass_world_is_refused(change, match):
+    with pytest.raises(ValueError, match=match):
+        generate_world(seed=0, **{**SUPER, **change})
+
+
+def test_params_check_superclass_worlds():
+    from failmap.params import ParamsError, params_from_dict
+    ok = {"world": {"classes": ["round", "pointy"], "superclasses": [["circle", "moon"], ["star", "cross"]]}}
+    assert params_from_dict(ok).world.superclasses == [["circle", "moon"], ["star", "cross"]]
+    bad = [({"superclasses": [["circle", "moon"]]}, "world.superclasses = .*one list of member shapes per entry"),
+           ({"rare_members": ["moon", "circle"]}, "world.rare_members\\[1\\] = 'circle': expected one of "
+                                                  "world.superclasses\\[1\\]"),
+           ({"planted_values": ["snow", "snow"]}, "world.planted_values = .*null with world.superclasses"),
+           ({"superclasses": [["circle", "moon"], ["star", "circle"]]}, "'circle' is in both round and pointy"),
+           ({"superclasses": [["circle", "moon"], ["star", "hexagon"]]},  # the shipped models' coverage
+            "do(es)? not cover .*hexagon")]
+    for change, match in bad:
+        with pytest.raises(ParamsError, match=match):
+            params_from_dict({"world": {**ok["world"], **change}})
+    with pytest.raises(ParamsError, match="world.rare_members .*null unless world.superclasses is set"):
+        params_from_dict({"world": {"rare_members": ["circle"] * 6}})

@@ -4,7 +4,11 @@ CLIP embeds text in the same space as images, so a class's SVM can score
 sentences: build a bank of candidate captions from a template, embed each,
 and rank them by the SVM decision value of their shift away from the plain
 class caption. The lowest are the hard captions, the highest the easy ones.
-Text embedding is passed in as a callable, so nothing here loads a model.
+The top k of each side are chosen greedily so that they are not paraphrases
+of one another (``select_diverse``), and each is told apart by which of its
+slots carries its score (``slot_effects``). Where the candidates come from is
+``failmap.caption_sources``. Text embedding is passed in as a callable, so
+nothing here loads a model.
 """
 from __future__ import annotations
 
@@ -16,24 +20,52 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from failmap.io import atomic_path
+from failmap.io import atomic_path, read_json, write_json
 from failmap.svm import ClassSVM, Preprocessor
 
 EmbedTexts = Callable[[list[str]], np.ndarray]
+HARD_CAPTIONS_FILE = "hard_captions.json"  # in the caption stage's data folder (failmap.stage.CAPTIONS_DIR)
 
 
 def _clean(text: str) -> str:
     return " ".join(text.split())
 
 
+# English picks the indefinite article by the next word's first *sound*; the
+# first letter is right but for these openings (a "u" read "you", a silent "h").
+_A_BEFORE = ("uni", "use", "usu", "uti", "ute", "ure", "eu", "ewe", "one", "once")
+_AN_BEFORE = ("hour", "honest", "honour", "honor", "heir")
+_ARTICLE = re.compile(r"\b([Aa]n?)(\s+)([A-Za-z][\w-]*)")
+
+
+def _article_for(word: str) -> str:
+    w = word.lower()
+    if w.startswith(_AN_BEFORE):
+        return "an"
+    if w.startswith(_A_BEFORE):
+        return "a"
+    return "an" if w[0] in "aeiou" else "a"
+
+
+def agree_articles(text: str) -> str:
+    """Every indefinite article made to agree with the word after it:
+    "a orange star" -> "an orange star", "an square" -> "a square"."""
+    def fix(m: re.Match) -> str:
+        article = _article_for(m.group(3))
+        return (article.capitalize() if m.group(1)[0] == "A" else article) + m.group(2) + m.group(3)
+    return _ARTICLE.sub(fix, text)
+
+
 def fill_caption(template: str, noun: str, adjective: str | None = None, context: str | None = None) -> str:
-    """The template with its slots filled; an empty slot (None) is dropped with its spaces."""
+    """The template with its slots filled; an empty slot (None) is dropped with
+    its spaces, and the indefinite articles agree with the words that follow
+    (the slot values decide between "a" and "an")."""
     try:
         text = template.format(noun=noun, adjective=adjective or "", context=context or "")
     except (KeyError, IndexError) as err:
         raise ValueError(f"caption template {template!r} may only use the slots {{adjective}}, {{noun}} and "
                          f"{{context}}; it failed with {err!r}") from None
-    return _clean(text)
+    return agree_articles(_clean(text))
 
 
 def caption_bank(template: str, noun: str, adjectives: Sequence[str | None] | None,
@@ -65,6 +97,28 @@ def reference_caption(template: str, noun: str) -> str:
     return caption_bank(template, noun, None, None)[0]
 
 
+def caption_shifts(captions: Sequence[str], embed_texts: EmbedTexts, reference_caption: str, dim: int) -> np.ndarray:
+    """Each caption's text embedding minus the reference caption's, (n, dim)."""
+    captions = list(captions)
+    if not captions:
+        raise ValueError("captions is empty")
+    texts = captions + [reference_caption]
+    embeddings = np.asarray(embed_texts(texts), dtype=np.float64)
+    if embeddings.shape != (len(texts), dim):
+        raise ValueError(f"embed_texts returned shape {embeddings.shape} for {len(texts)} texts; expected "
+                         f"({len(texts)}, {dim}): the text embedder must be the CLIP model whose "
+                         f"image embeddings the SVMs were fitted on")
+    return embeddings[:-1] - embeddings[-1]
+
+
+def score_shifts(shifts: np.ndarray, preprocessor: Preprocessor, class_svm: ClassSVM,
+                 subtract_mean: bool = True) -> np.ndarray:
+    """SVM decision value of caption shifts (``caption_shifts``); see ``score_captions``."""
+    if preprocessor.dim != len(class_svm.weight):
+        raise ValueError(f"preprocessor has dimension {preprocessor.dim} but the SVM weight has {len(class_svm.weight)}")
+    return class_svm.decision_function_preprocessed(preprocessor.transform(shifts, subtract_mean=subtract_mean))
+
+
 def score_captions(captions: Sequence[str], embed_texts: EmbedTexts, reference_caption: str,
                    preprocessor: Preprocessor, class_svm: ClassSVM, subtract_mean: bool = True) -> np.ndarray:
     """SVM decision value of each caption's text embedding minus the reference caption's.
@@ -84,36 +138,155 @@ def score_captions(captions: Sequence[str], embed_texts: EmbedTexts, reference_c
     ``embed_texts`` must return embeddings normalised the way the image
     embeddings the SVM was fitted on were (same CLIP model, same L2 norm).
     """
-    captions = list(captions)
-    if not captions:
-        raise ValueError("captions is empty")
     if preprocessor.dim != len(class_svm.weight):
         raise ValueError(f"preprocessor has dimension {preprocessor.dim} but the SVM weight has {len(class_svm.weight)}")
-    texts = captions + [reference_caption]
-    embeddings = np.asarray(embed_texts(texts), dtype=np.float64)
-    if embeddings.shape != (len(texts), preprocessor.dim):
-        raise ValueError(f"embed_texts returned shape {embeddings.shape} for {len(texts)} texts; expected "
-                         f"({len(texts)}, {preprocessor.dim}): the text embedder must be the CLIP model whose "
-                         f"image embeddings the SVMs were fitted on")
-    shifts = embeddings[:-1] - embeddings[-1]
-    return class_svm.decision_function_preprocessed(preprocessor.transform(shifts, subtract_mean=subtract_mean))
+    shifts = caption_shifts(captions, embed_texts, reference_caption, preprocessor.dim)
+    return score_shifts(shifts, preprocessor, class_svm, subtract_mean)
 
 
-def top_captions(captions: Sequence[str], scores, k: int) -> dict[str, list[dict]]:
-    """The k hardest (lowest score, ascending) and k easiest (highest, descending)
-    captions as [{"caption", "score"}]. Ties keep bank order."""
-    captions = list(captions)
+def _check_scores(n: int, scores) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
-    if scores.shape != (len(captions),):
-        raise ValueError(f"scores must have shape ({len(captions)},) to match captions, got {scores.shape}")
+    if scores.shape != (n,):
+        raise ValueError(f"scores must have shape ({n},) to match captions, got {scores.shape}")
     if not np.all(np.isfinite(scores)):
         raise ValueError("scores contain NaN or infinite values")
+    return scores
+
+
+def select_diverse(scores, shifts: np.ndarray | None, k: int, diversity: float, side: str = "hard") -> list[int]:
+    """Indices of ``k`` captions, greedily, each the best trade-off between
+    how far it lies on ``side`` and how unlike the captions already chosen it
+    is (maximal marginal relevance). A caption's value is
+    ``(1 - diversity) * relevance - diversity * max cosine to a chosen one``,
+    with relevance its score rescaled to [0, 1] (1 = the hardest, or easiest)
+    and the cosine taken between caption shifts (what each caption adds to the
+    reference), so "a red X at night" and "a blue X at night" count as one
+    idea. A caption whose shift is zero (the plain class caption itself)
+    adds nothing to the class and is unlike nothing, so with diversity it
+    comes last. The first pick is always the top-scoring caption; ``diversity``
+    0 is the plain ranking (ties keep bank order)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if side not in ("hard", "easy"):
+        raise ValueError(f"side must be 'hard' or 'easy', got {side!r}")
+    if not 0 <= diversity < 1:
+        raise ValueError(f"diversity must be in [0, 1), got {diversity}")
     if int(k) != k or k < 1:
         raise ValueError(f"k must be a positive integer, got {k}")
-    hard = np.argsort(scores, kind="stable")[:k]
-    easy = np.argsort(-scores, kind="stable")[:k]
-    return {side: [{"caption": captions[i], "score": float(scores[i])} for i in order]
-            for side, order in (("hard", hard), ("easy", easy))}
+    signed = -scores if side == "hard" else scores
+    if diversity == 0 or shifts is None:
+        return [int(i) for i in np.argsort(-signed, kind="stable")[:k]]
+    shifts = np.asarray(shifts, dtype=np.float64)
+    if shifts.shape[0] != len(scores):
+        raise ValueError(f"shifts has {shifts.shape[0]} rows for {len(scores)} scores")
+    span = signed.max() - signed.min()
+    relevance = (signed - signed.min()) / span if span > 0 else np.zeros_like(signed)
+    norms = np.linalg.norm(shifts, axis=1)
+    unit = np.divide(shifts, norms[:, None], out=np.zeros_like(shifts), where=norms[:, None] > 0)
+    redundancy = np.zeros(len(scores))
+    chosen: list[int] = []
+    available = np.ones(len(scores), dtype=bool)
+    empty = norms == 0
+    first = int(np.argmax(relevance))  # the top caption, empty or not, as with diversity 0
+    for step in range(min(int(k), len(scores))):
+        value = (1 - diversity) * relevance - diversity * redundancy
+        value = np.where(empty, value - 2.0, value)  # below every caption with content (value is in [-1, 1])
+        if step == 0:
+            value = np.where(np.arange(len(scores)) == first, np.inf, value)
+        value = np.where(available, value, -np.inf)
+        best = int(np.argmax(value))  # the first of equal values: bank order
+        chosen.append(best)
+        available[best] = False
+        redundancy = np.maximum(redundancy, unit @ unit[best])
+    return chosen
+
+
+def top_captions(captions: Sequence[str], scores, k: int, shifts: np.ndarray | None = None,
+                 diversity: float = 0.0) -> dict[str, list[dict]]:
+    """The k hardest (lowest score first) and k easiest (highest first)
+    captions as [{"caption", "score"}], chosen by ``select_diverse`` (with
+    ``diversity`` 0, the default, the plain ranking; ties keep bank order)."""
+    captions = list(captions)
+    scores = _check_scores(len(captions), scores)
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k}")
+    return {side: [{"caption": captions[i], "score": float(scores[i])}
+                   for i in select_diverse(scores, shifts, k, diversity, side)]
+            for side in ("hard", "easy")}
+
+
+def slot_effects(candidates: Sequence, scores, side: str, template: str, class_name: str,
+                 score_texts: Callable[[list[str]], np.ndarray]) -> list[dict]:
+    """Which slot carries each template-made caption's score: per filled slot,
+    how much less hard (``side`` hard) or easy the caption becomes when that
+    slot is put back to the class's plain reference (the noun to the class
+    name, an adjective or context to nothing), as the reference method splits
+    captions into noun / adjective / preposition. Returns, per candidate,
+    {"carried_by": the slot with the largest positive effect or None,
+    "slot_effect": {slot: effect}}; free-text captions (no slots) get
+    {"carried_by": None, "slot_effect": {}}. ``score_texts`` scores captions
+    with the class SVM (``score_captions`` bound to the class)."""
+    sign = {"hard": 1.0, "easy": -1.0}[side]
+    variants: list[tuple[int, str, str]] = []
+    for i, c in enumerate(candidates):
+        slots = c.slots
+        if "noun" in slots and c.noun != class_name:
+            variants.append((i, "noun", fill_caption(template, class_name, c.adjective, c.context)))
+        if "adjective" in slots:
+            variants.append((i, "adjective", fill_caption(template, c.noun, None, c.context)))
+        if "context" in slots:
+            variants.append((i, "context", fill_caption(template, c.noun, c.adjective, None)))
+    varied = np.asarray(score_texts([v for _, _, v in variants]), dtype=np.float64) if variants else []
+    out = [{"carried_by": None, "slot_effect": {}} for _ in candidates]
+    for (i, slot, _), value in zip(variants, varied):
+        out[i]["slot_effect"][slot] = float(sign * (value - float(scores[i])))
+    for entry in out:
+        if entry["slot_effect"]:
+            slot, effect = max(entry["slot_effect"].items(), key=lambda kv: kv[1])
+            entry["carried_by"] = slot if effect > 0 else None
+    return out
+
+
+def describe_class(bank: Sequence, embed_texts: EmbedTexts, template: str, class_name: str,
+                   preprocessor: Preprocessor, class_svm: ClassSVM, k: int, diversity: float) -> dict:
+    """One class's captions: the ``k`` hard and easy ones (``top_captions`` with
+    ``diversity``), each with its ``source`` and the slot carrying its score
+    (``slot_effects``), plus ``ranked_hard``, the plain top-k hard ranking.
+    ``bank`` holds ``caption_sources.Candidate`` s (text, source and slots)."""
+    texts = [b.text for b in bank]
+    reference = reference_caption(template, class_name)
+    shifts = caption_shifts(texts, embed_texts, reference, preprocessor.dim)
+    scores = score_shifts(shifts, preprocessor, class_svm)
+    top = top_captions(texts, scores, k, shifts=shifts, diversity=diversity)
+    index = {t: i for i, t in enumerate(texts)}
+
+    def score_texts(more: list[str]) -> np.ndarray:
+        return score_captions(more, embed_texts, reference, preprocessor, class_svm)
+
+    for side, chosen in top.items():
+        picked = [bank[index[t["caption"]]] for t in chosen]
+        effects = slot_effects(picked, [t["score"] for t in chosen], side, template, class_name, score_texts)
+        for entry, candidate, effect in zip(chosen, picked, effects):
+            entry.update(source=candidate.source, **effect)
+    return {**top, "ranked_hard": [texts[i] for i in select_diverse(scores, None, k, 0.0, "hard")]}
+
+
+def write_hard_captions(path: str | Path, tops: Mapping[str, Mapping]) -> None:
+    """The hard captions generate decodes: {class: [caption, ...]}, hardest first."""
+    write_json(path, {name: [t["caption"] for t in top["hard"]] for name, top in tops.items()})
+
+
+def read_hard_captions(path: str | Path, classes: Sequence[str]) -> dict[int, list[str]]:
+    """{label: hard captions} of the classes ``write_hard_captions`` wrote (a
+    class without an SVM has none); refuses a class the data lack."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"hard captions {path} not found (run the caption stage first)")
+    written = read_json(path)
+    unknown = sorted(set(written) - set(classes))
+    if unknown:
+        raise ValueError(f"{path} has captions for {unknown}, which are not classes of the prepared data "
+                         f"({', '.join(classes)}): re-run the caption stage")
+    return {k: list(written[name]) for k, name in enumerate(classes) if name in written}
 
 
 def names_attribute(captions: Sequence[str] | str, value: str) -> np.ndarray:
@@ -150,6 +323,8 @@ class SummaryRow:
     easy: Sequence[str] = ()
     planted: str | None = None              # ground-truth planted value, where known
     skip_reason: str | None = None          # set for classes without an SVM
+    hard_carried_by: Sequence[str | None] = ()  # per hard caption, the slot carrying its score (slot_effects)
+    easy_carried_by: Sequence[str | None] = ()
 
 
 def _cell(text: str) -> str:
@@ -160,8 +335,16 @@ def _number(x) -> str:
     return "—" if x is None or not math.isfinite(float(x)) else f"{float(x):.3f}"
 
 
+def _captions_cell(captions: Sequence[str], carried_by: Sequence[str | None], n: int) -> str:
+    """The first n captions, one per line, each followed by the slot that carries it, where known."""
+    carried = list(carried_by) + [None] * len(captions)
+    return "<br>".join(_cell(c) + (f" *({carried[i]})*" if carried[i] else "")
+                       for i, c in enumerate(list(captions)[:n])) or "—"
+
+
 def summary_markdown(rows: Sequence[SummaryRow], n_captions: int = 3, title: str = "Failure directions") -> str:
-    """A markdown table: per class, direction quality on test and the top hard / easy captions."""
+    """A markdown table: per class, direction quality on test and the top hard / easy captions,
+    each marked with the slot (noun / adjective / context) that carries its score where known."""
     show_planted = any(r.planted for r in rows)
     show_ap = any(r.subpop_ap is not None for r in rows)
     header = ["class"] + (["planted"] if show_planted else []) + ["test bal. acc", "test AUROC"] \
@@ -173,8 +356,8 @@ def summary_markdown(rows: Sequence[SummaryRow], n_captions: int = 3, title: str
         if r.skip_reason:
             cells += [_cell(f"skipped: {r.skip_reason}"), "—"]
         else:
-            cells += ["<br>".join(_cell(c) for c in list(r.hard)[:n_captions]) or "—",
-                      "<br>".join(_cell(c) for c in list(r.easy)[:n_captions]) or "—"]
+            cells += [_captions_cell(r.hard, r.hard_carried_by, n_captions),
+                      _captions_cell(r.easy, r.easy_carried_by, n_captions)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -64,7 +64,7 @@ import numpy as np
 from failmap.data import Split, save_split
 from failmap.decoder import angles_towards, check_compatible, normalize, rotate_towards, slerp
 from failmap.decoders import load_decoder
-from failmap.io import atomic_path, read_json
+from failmap.io import atomic_path
 from failmap.svm import ClassSVM, Skip, decision_values, load_svms
 
 TRAIN_ARMS = ("generic", "caption", "direction")
@@ -511,7 +511,8 @@ def load_generation_inputs(p, meta: dict) -> GenerationInputs:
     from failmap.embedder import load_embedder  # open_clip: seconds to import, only for this
     from failmap.embeddings import load_embeddings
     from failmap.predictions import load_predictions
-    from failmap.stage import BASELINE_PREDICTIONS, CLIP_DIR, EMBEDDINGS, METRICS, SVM_DIR
+    from failmap.captions import HARD_CAPTIONS_FILE, read_hard_captions
+    from failmap.stage import BASELINE_PREDICTIONS, CAPTIONS_DIR, CLIP_DIR, EMBEDDINGS, SVM_DIR
 
     c = p.clip
     classes = meta["classes"]
@@ -519,8 +520,7 @@ def load_generation_inputs(p, meta: dict) -> GenerationInputs:
     decoder = load_inputs_decoder(p, meta)()
     check_compatible(embedder.space, embedder.dim, decoder)  # before any decoding
     _, svms, _ = load_svms(f"{SVM_DIR}/svms.npz")
-    top = read_json(f"{METRICS}/captions.json")["top"]
-    hard_captions = {k: [t["caption"] for t in top[name]["hard"]] for k, name in enumerate(classes) if name in top}
+    hard_captions = read_hard_captions(f"{CAPTIONS_DIR}/{HARD_CAPTIONS_FILE}", classes)  # the caption stage's data out
     train_pred = load_predictions(f"{BASELINE_PREDICTIONS}/train.csv")
     references = class_reference_embeddings(load_embeddings(EMBEDDINGS, "train", train_pred["id"]),
                                             train_pred["label"], len(classes))

@@ -59,6 +59,7 @@ Device = Literal["auto", "cpu", "cuda"]
 MixedPrecision = Union[bool, Literal["auto"]]  # auto: bfloat16 where it is fast (device.bf16_is_fast)
 Arm = Literal["none", "generic", "caption", "direction", "pool_svm", "pool_random", "pool_confidence"]
 CAPTION_SLOTS = ("adjective", "noun", "context")  # the placeholders caption.template may use
+CaptionSource = Literal["template", "subtypes", "wordnet", "file", "corpus"]  # failmap.caption_sources.SOURCES
 RAY_MODULES = ("ray", "pyarrow", "pandas")  # what `ray.data` needs: the optional extra installs all three
 
 class Section(BaseModel):
@@ -82,6 +83,8 @@ class World(Section):
     planted_attribute: Literal["context", "colour"]; planted_values: Optional[_list(Text)]
     train_rate: Share; eval_rate: Share; confuser_rate: Share; eval_confuser_rate: Optional[Share]
     noise: Share; min_size: Fraction; max_size: Fraction; min_contrast: _num(float, ge=0, le=2)
+    # superclass world (null: off): world.classes name groups of shapes, one member of each rare in train
+    superclasses: Optional[_list(_list(Text))]; rare_members: Optional[_list(Text)]
     @model_validator(mode="after")
     def _shares_and_planted_values(self):
         if self.min_size > self.max_size:
@@ -102,6 +105,38 @@ class World(Section):
             if value not in getattr(self, key):
                 raise _refuse(f"planted_values[{i}]", value, f"one of world.{key} ({' | '.join(getattr(self, key))}) "
                               f"since world.planted_attribute is {attribute}")
+        return self._superclass_groups()
+
+    def _superclass_groups(self):
+        """superclasses: one group of distinct shapes per class, each shape in one group;
+        rare_members: one member of each group (null: drawn from the seed)."""
+        groups, rare, classes = self.superclasses, self.rare_members, self.classes
+        if groups is None:
+            if rare is not None:
+                raise _refuse("rare_members", rare, "null unless world.superclasses is set")
+            return self
+        if len(groups) != len(classes):
+            raise _refuse("superclasses", groups, f"one list of member shapes per entry of world.classes "
+                          f"({len(classes)}), got {len(groups)}")
+        if self.planted_values is not None:
+            raise _refuse("planted_values", self.planted_values, "null with world.superclasses: the planted "
+                          "subpopulation is each group's rare member (world.rare_members)")
+        seen = {}
+        for i, (name, members) in enumerate(zip(classes, groups)):
+            if len(members) < 2:
+                raise _refuse(f"superclasses[{i}]", members, f"at least 2 member shapes for class {name} "
+                              f"(one is the rare one)")
+            for m in members:
+                if m in seen:
+                    raise _refuse("superclasses", groups, f"each shape in one group only: {m!r} is in both "
+                                  f"{seen[m]} and {name}")
+                seen[m] = name
+        if rare is not None and len(rare) != len(classes):
+            raise _refuse("rare_members", rare, f"null or one member per entry of world.classes ({len(classes)}), "
+                          f"got {len(rare)}")
+        for i, (m, members) in enumerate(zip(rare or [], groups)):
+            if m not in members:
+                raise _refuse(f"rare_members[{i}]", m, f"one of world.superclasses[{i}] ({' | '.join(members)})")
         return self
 
 class Baseline(Section):
@@ -127,7 +162,8 @@ class Svm(Section): c_grid: _list(Positive, unique=True); folds: _num(int, ge=2)
 
 class Caption(Section):
     template: Text; adjectives: Optional[_list(Text, unique=True)]; contexts: Optional[_list(Text, unique=True)]
-    top_k: Size
+    top_k: Size; sources: _list(CaptionSource, unique=True); subtypes: Optional[dict[Text, _list(Text)]]
+    file: Optional[Text]; diversity: Momentum
     @model_validator(mode="after")
     def _template_slots(self):
         allowed = ", ".join("{" + s + "}" for s in CAPTION_SLOTS)
@@ -138,6 +174,16 @@ class Caption(Section):
         if "noun" not in slots or not slots <= set(CAPTION_SLOTS):
             raise _refuse("template", self.template,
                           f"a string containing {{noun}} and no placeholders other than {allowed}")
+        return self
+
+    @model_validator(mode="after")
+    def _source_settings(self):
+        """caption.file goes with the file source, caption.subtypes with the subtypes source."""
+        if ("file" in self.sources) != (self.file is not None):
+            raise _refuse("file", self.file, "a path when caption.sources lists file, else null"
+                          if self.file is None else "null, since caption.sources does not list file")
+        if self.subtypes and "subtypes" not in self.sources:
+            raise _refuse("subtypes", self.subtypes, "null, since caption.sources does not list subtypes")
         return self
 
 class Generate(Section):
@@ -210,7 +256,8 @@ def _check_foundation_models(p: Params) -> None:
         raise _refuse(shipped[0], "world", f"a shipped foundation model, but {card_path} is missing "
                       f"(restore models/pretrained/ with git, or rebuild it: cd foundation && dvc repro)")
     w = p.world
-    missing = uncovered(read_json(card_path), classes=w.classes, colours=w.colours, contexts=w.contexts,
+    shapes = [m for group in w.superclasses for m in group] if w.superclasses else w.classes
+    missing = uncovered(read_json(card_path), classes=shapes, colours=w.colours, contexts=w.contexts,
                         min_size=w.min_size, max_size=w.max_size, noise=w.noise, image_size=p.data.image_size)
     if missing:
         raise _refuse(shipped[0], "world", "values the shipped models' foundation corpus covers; it does not cover "

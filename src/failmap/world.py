@@ -21,8 +21,18 @@ its background's (``min_contrast``), so that the errors the world causes are
 the planted ones, not invisible objects. The corpus (what the world's own CLIP and
 decoder pre-train on) is unbiased: every attribute uniform and independent.
 
-Ground truth (attributes, ``subpop``) is written beside the images for
-scoring only; the method never reads it.
+The superclass world (``superclasses``): each class is a group of shapes
+(class "round" = circle, heart, moon), the way a CIFAR-100 superclass groups
+fine classes. One member of each group (``rare_members``, or drawn from the
+seed) is rare among the class's train images (``train_rate``) and common in
+val/test/pool (``eval_rate``); the other members share the rest evenly. Colours
+and contexts are uniform there (no planted context, no confuser), so what a
+classifier gets wrong is the rare member: the CIFAR-100-superclass shift,
+offline. The members are the class's sub-type vocabulary (``meta['subtypes']``,
+like CIFAR-100's fine label names); which of them is rare is ground truth.
+
+Ground truth (attributes, ``subpop``; the superclass world's ``member``) is
+written beside the images for scoring only; the method never reads it.
 """
 from __future__ import annotations
 
@@ -229,6 +239,17 @@ def _attribute_probs(n_values: int, planted: int, rate: float, confuser_value: i
     return p
 
 
+def member_probs(name: str, n_members: int, rare: int, train_rate: float, eval_rate: float) -> np.ndarray:
+    """Superclass world: distribution over one class's member shapes in split
+    ``name``: the rare member at the split's rate, the others evenly (corpus: uniform)."""
+    if name == CORPUS:
+        return np.full(n_members, 1.0 / n_members)
+    rate = train_rate if name == "train" else eval_rate
+    p = np.full(n_members, (1.0 - rate) / (n_members - 1))
+    p[rare] = rate
+    return p
+
+
 def _split_probs(name: str, k: int, n_values: int, planted_idx: list[int], train_rate: float, eval_rate: float,
                  confuser_rate: float, eval_confuser_rate: float | None) -> np.ndarray:
     """Distribution over the planted attribute's values for class ``k`` in split ``name``."""
@@ -247,9 +268,13 @@ def _split_probs(name: str, k: int, n_values: int, planted_idx: list[int], train
 def sample_split(name: str, n: int, *, classes, colours, contexts, planted_attribute, planted,
                  train_rate, eval_rate, confuser_rate, noise, min_size, max_size, seed,
                  split_index: int, min_contrast: float = MIN_CONTRAST, side: int = 32,
-                 eval_confuser_rate: float | None = None) -> tuple[Split, list[dict]]:
+                 eval_confuser_rate: float | None = None, superclasses=None,
+                 rare_members=None) -> tuple[Split, list[dict]]:
     """Render one split. Classes are balanced; the planted attribute follows
-    the split's bias (see module docstring); everything else is uniform."""
+    the split's bias (see module docstring); everything else is uniform.
+    With ``superclasses`` (one member list per class, ``rare_members`` one of
+    each) the shape is a member drawn by ``member_probs`` and the planted
+    attribute is uniform."""
     rng = np.random.default_rng([seed, 1000 + split_index])
     n_cls = len(classes)
     by_context = planted_attribute == "context"
@@ -262,8 +287,14 @@ def sample_split(name: str, n: int, *, classes, colours, contexts, planted_attri
     rng.shuffle(labels)
     images = np.empty((n, side, side, 3), dtype=np.uint8)
     captions, rows = [], []
-    probs = [_split_probs(name, k, len(values), planted_idx, train_rate, eval_rate, confuser_rate,
-                          eval_confuser_rate) for k in range(n_cls)]
+    if superclasses is None:
+        probs = [_split_probs(name, k, len(values), planted_idx, train_rate, eval_rate, confuser_rate,
+                              eval_confuser_rate) for k in range(n_cls)]
+    else:
+        probs = [np.full(len(values), 1.0 / len(values))] * n_cls
+        rare_idx = [list(g).index(r) for g, r in zip(superclasses, rare_members)]
+        shape_probs = [member_probs(name, len(g), rare_idx[k], train_rate, eval_rate)
+                       for k, g in enumerate(superclasses)]
     for i in tqdm(range(n), desc=f"world {name}", leave=False, mininterval=2):
         k = int(labels[i])
         v = int(rng.choice(len(values), p=probs[k]))
@@ -274,15 +305,20 @@ def sample_split(name: str, n: int, *, classes, colours, contexts, planted_attri
         margin = size_frac / 2
         cx, cy = rng.uniform(margin, 1 - margin, 2) if margin < 0.5 else (0.5, 0.5)
         angle = float(rng.uniform(0, 2 * np.pi))
-        images[i] = render(classes[k], colour, context, size_frac, cx, cy, angle, noise, rng, side)
+        if superclasses is None:
+            shape, subpop, extra = classes[k], int(v == planted_idx[k]), {}
+        else:
+            m = int(rng.choice(len(superclasses[k]), p=shape_probs[k]))
+            shape, subpop = superclasses[k][m], int(m == rare_idx[k])
+            extra = {"member": shape}
+        images[i] = render(shape, colour, context, size_frac, cx, cy, angle, noise, rng, side)
         size_word = "small" if size_frac < (min_size + max_size) / 2 else "large"
         if name == CORPUS:
-            captions.append(random_caption(classes[k], colour, context, size_word, rng))
+            captions.append(random_caption(shape, colour, context, size_word, rng))
         else:
-            captions.append(caption_for(classes[k], colour, context, size_word))
+            captions.append(caption_for(shape, colour, context, size_word))
         rows.append(dict(id=f"world/{name}/{i:06d}", split=name, label=k, class_name=classes[k],
-                         colour=colour, context=context, size=round(size_frac, 3),
-                         subpop=int(v == planted_idx[k])))
+                         colour=colour, context=context, size=round(size_frac, 3), subpop=subpop, **extra))
     ids = np.array([r["id"] for r in rows])
     split = Split(images=images, labels=labels.astype(np.int64), ids=ids,
                   captions=np.array(captions) if name == CORPUS else None)
@@ -292,11 +328,20 @@ def sample_split(name: str, n: int, *, classes, colours, contexts, planted_attri
 def generate_world(*, classes, colours, contexts, n_train, n_val, n_test, n_pool, n_corpus,
                    planted_attribute, planted_values, train_rate, eval_rate, confuser_rate,
                    noise, min_size, max_size, seed, min_contrast: float = MIN_CONTRAST,
-                   eval_confuser_rate: float | None = None) -> Prepared:
-    """The whole world: train/val/test/pool/corpus splits, meta and ground truth."""
-    for c in classes:
-        if c not in SHAPES:
-            raise ValueError(f"world.classes: unknown shape '{c}'; known: {list(SHAPES)}")
+                   eval_confuser_rate: float | None = None, superclasses=None, rare_members=None) -> Prepared:
+    """The whole world: train/val/test/pool/corpus splits, meta and ground truth.
+    ``superclasses`` (one list of member shapes per class) makes it the
+    superclass world (module docstring); ``rare_members`` null draws them."""
+    if superclasses is None:
+        if rare_members is not None:
+            raise ValueError("world.rare_members: only with world.superclasses")
+        for c in classes:
+            if c not in SHAPES:
+                raise ValueError(f"world.classes: unknown shape '{c}'; known: {list(SHAPES)}")
+    else:
+        superclasses = [list(g) for g in superclasses]
+        check_superclasses(list(classes), superclasses, rare_members)
+        rare_members = list(rare_members) if rare_members else choose_rare_members(superclasses, seed)
     for c in colours:
         if c not in COLOUR_RGB:
             raise ValueError(f"world.colours: unknown colour '{c}'; known: {sorted(COLOUR_RGB)}")
@@ -304,12 +349,15 @@ def generate_world(*, classes, colours, contexts, n_train, n_val, n_test, n_pool
         if c not in CONTEXT_PHRASE:
             raise ValueError(f"world.contexts: unknown context '{c}'; known: {sorted(CONTEXT_PHRASE)}")
     values = list(contexts if planted_attribute == "context" else colours)
-    planted = list(planted_values) if planted_values else choose_planted(list(classes), values, seed)
+    if superclasses is not None:  # the planted attribute is uniform; each class still needs a value to index
+        planted = [values[0]] * len(classes)
+    else:
+        planted = list(planted_values) if planted_values else choose_planted(list(classes), values, seed)
     common = dict(classes=list(classes), colours=list(colours), contexts=list(contexts),
                   planted_attribute=planted_attribute, planted=planted, train_rate=train_rate,
                   eval_rate=eval_rate, confuser_rate=confuser_rate, noise=noise,
                   min_size=min_size, max_size=max_size, seed=seed, min_contrast=min_contrast,
-                  eval_confuser_rate=eval_confuser_rate)
+                  eval_confuser_rate=eval_confuser_rate, superclasses=superclasses, rare_members=rare_members)
     splits, truth = {}, []
     sizes = dict(train=n_train, val=n_val, test=n_test, pool=n_pool, corpus=n_corpus)
     for index, (name, n) in enumerate(sizes.items()):
@@ -322,4 +370,36 @@ def generate_world(*, classes, colours, contexts, n_train, n_val, n_test, n_pool
         planted={c: dict(attribute=planted_attribute, value=v, phrase=phrase(v))
                  for c, v in zip(classes, planted)},
     )
+    if superclasses is not None:
+        meta["planted"] = {c: dict(attribute="member", value=r, phrase=r) for c, r in zip(classes, rare_members)}
+        meta["subtypes"] = {c: list(g) for c, g in zip(classes, superclasses)}  # the vocabulary, not which fails
     return Prepared(splits=splits, meta=meta, ground_truth=truth)
+
+
+def check_superclasses(classes: list[str], superclasses: list[list[str]], rare_members) -> None:
+    """One group of at least two known, distinct shapes per class, each shape in
+    one group; ``rare_members`` (if given) one member of each group."""
+    if len(superclasses) != len(classes):
+        raise ValueError(f"world.superclasses: {len(superclasses)} groups for {len(classes)} world.classes")
+    seen: dict[str, str] = {}
+    for name, members in zip(classes, superclasses):
+        if len(members) < 2:
+            raise ValueError(f"world.superclasses: class {name} has {len(members)} member(s); at least 2 needed")
+        for m in members:
+            if m not in SHAPES:
+                raise ValueError(f"world.superclasses: class {name}: unknown shape '{m}'; known: {list(SHAPES)}")
+            if m in seen:
+                raise ValueError(f"world.superclasses: shape '{m}' is in both {seen[m]} and {name}")
+            seen[m] = name
+    if rare_members is not None:
+        if len(rare_members) != len(classes):
+            raise ValueError(f"world.rare_members: {len(rare_members)} entries for {len(classes)} world.classes")
+        for name, members, rare in zip(classes, superclasses, rare_members):
+            if rare not in members:
+                raise ValueError(f"world.rare_members: '{rare}' is not a member of {name} ({members})")
+
+
+def choose_rare_members(superclasses: list[list[str]], seed: int) -> list[str]:
+    """One member of each group, drawn from the seed."""
+    rng = np.random.default_rng([seed, 11])
+    return [g[int(rng.integers(len(g)))] for g in superclasses]

@@ -183,7 +183,10 @@ def prepare_cifar100_superclass(root: str | Path, download: bool, n_val: int, n_
          "subpop": int(fine_of[image_id] in minority_fine), "fine": fine_names[fine_of[image_id]]}
         for name, split in splits.items() for image_id, label in zip(split.ids, split.labels)
     ]
+    # each superclass's fine label names: the sub-type vocabulary (caption source 'subtypes'), not which is rare
+    subtypes = {coarse_names[s]: [fine_names[f] for f in np.unique(train_fine[train_coarse == s])]
+                for s in range(len(coarse_names))}
     meta = {"source": "cifar100_superclass", "classes": coarse_names, "image_size": CIFAR_IMAGE_SIZE,
-            "vocab": default_vocab(),
+            "vocab": default_vocab(), "subtypes": subtypes,
             "planted": {coarse_names[s]: f"subclass {fine_names[f]}" for s, f in sorted(minority.items())}}
     return Prepared(splits=splits, meta=meta, ground_truth=ground_truth)

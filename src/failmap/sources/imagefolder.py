@@ -8,7 +8,11 @@ everywhere. Images are converted to RGB and resized (bicubic) to a square
 An optional captions CSV (columns ``id``, ``caption`` and optionally ``subpop``)
 turns the captioned images into a ``corpus`` split and, when it has
 ``subpop``, gives the ground truth the method is scored against. A row with
-an empty caption contributes ground truth only.
+an empty caption contributes ground truth only. An optional ``subtype`` column
+names each image's sub-type ("tractor" in class "vehicles"): the names, per
+class, become the data's sub-type vocabulary (``meta['subtypes']``) that the
+caption stage's ``subtypes`` source puts in the noun slot; which sub-type
+fails is never read from it.
 """
 from __future__ import annotations
 
@@ -116,6 +120,23 @@ def read_captions(path: Path, known_ids: set[str]) -> tuple[dict[str, str], dict
     return captions, subpop
 
 
+def read_subtypes(path: Path, label_of: dict[str, int], classes: list[str]) -> dict[str, list[str]] | None:
+    """Per class, the distinct non-empty ``subtype`` values of its images in
+    the order of ``label_of`` (split then file order, as the corpus: the CSV's
+    row order changes nothing), or None when the CSV has no subtype column
+    (ids were checked by ``read_captions``)."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if "subtype" not in (reader.fieldnames or []):
+            return None
+        subtype_of = {row["id"]: " ".join((row["subtype"] or "").split()) for row in reader}
+    found: list[dict[str, None]] = [{} for _ in classes]
+    for image_id, label in label_of.items():
+        if subtype_of.get(image_id):
+            found[label].setdefault(subtype_of[image_id])
+    return {c: list(names) for c, names in zip(classes, found)}
+
+
 def prepare_imagefolder(root: str | Path, image_size: int, captions_file: str | Path | None = None) -> Prepared:
     """Read ``<root>/<split>/<class>/<image>`` (see module docstring) into prepared splits."""
     if not isinstance(image_size, (int, np.integer)) or image_size < 1:
@@ -135,7 +156,7 @@ def prepare_imagefolder(root: str | Path, image_size: int, captions_file: str | 
                               ids=np.array([p.relative_to(root).as_posix() for p, _ in entries]))
     progress.close()
 
-    ground_truth = None
+    ground_truth, subtypes = None, None
     if captions_file is not None:
         # (split, row) of every image, in split then file order: the corpus follows
         # this order rather than the CSV's, so reordering the CSV changes nothing.
@@ -151,6 +172,11 @@ def prepare_imagefolder(root: str | Path, image_size: int, captions_file: str | 
                 labels=np.array([splits[split].labels[i] for _, split, i in chosen], dtype=np.int64),
                 ids=np.array([image_id for image_id, _, _ in chosen]),
                 captions=np.array([captions[image_id] for image_id, _, _ in chosen]))
+        subtypes = read_subtypes(Path(captions_file),
+                                 {image_id: int(splits[split].labels[i]) for image_id, (split, i) in where.items()},
+                                 classes)
     meta = {"source": "imagefolder", "classes": classes, "image_size": int(image_size), "vocab": default_vocab()}
+    if subtypes is not None:
+        meta["subtypes"] = subtypes
     return Prepared(splits=splits, meta=meta, ground_truth=ground_truth)
 
