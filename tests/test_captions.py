@@ -1,5 +1,7 @@
 """Caption banks, caption scoring with a fake text embedder, and the summary."""
 import numpy as np
+import yaml
+from pathlib import Path
 import pytest
 
 from failmap.caption_sources import Candidate, check_sources, read_caption_file, template_candidates
@@ -265,20 +267,21 @@ def test_wordnet_source_uses_hyponyms_when_present(monkeypatch):
 
 
 def test_params_refuse_bad_caption_sources():
-    from failmap.params import ParamsError, params_from_dict
+    from failmap.params import ParamsError, overlay, params_from_dict
+    default = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     with pytest.raises(ParamsError, match="caption.sources\\[1\\] = 'subtype': expected one of template"):
-        params_from_dict({"caption": {"sources": ["template", "subtype"]}})
+        params_from_dict(overlay(default, {"caption": {"sources": ["template", "subtype"]}}))
     with pytest.raises(ParamsError, match="caption.file = None: expected a path when caption.sources lists file"):
-        params_from_dict({"caption": {"sources": ["file"]}})
+        params_from_dict(overlay(default, {"caption": {"sources": ["file"]}}))
     with pytest.raises(ParamsError, match="caption.file .*null, since caption.sources does not list file"):
-        params_from_dict({"caption": {"file": "x.txt"}})
+        params_from_dict(overlay(default, {"caption": {"file": "x.txt"}}))
     with pytest.raises(ParamsError, match="caption.subtypes.*does not list subtypes"):
-        params_from_dict({"caption": {"subtypes": {"circle": ["ring"]}}})
+        params_from_dict(overlay(default, {"caption": {"subtypes": {"circle": ["ring"]}}}))
     with pytest.raises(ParamsError, match="caption.subtypes.circle"):
-        params_from_dict({"caption": {"sources": ["subtypes"], "subtypes": {"circle": "ring"}}})
+        params_from_dict(overlay(default, {"caption": {"sources": ["subtypes"], "subtypes": {"circle": "ring"}}}))
     with pytest.raises(ParamsError, match="caption.diversity"):
-        params_from_dict({"caption": {"diversity": 1.0}})
-    p = params_from_dict({"caption": {"sources": ["template", "subtypes"], "subtypes": {"circle": ["ring"]}}})
+        params_from_dict(overlay(default, {"caption": {"diversity": 1.0}}))
+    p = params_from_dict(overlay(default, {"caption": {"sources": ["template", "subtypes"], "subtypes": {"circle": ["ring"]}}}))
     assert p.caption.subtypes == {"circle": ["ring"]} and p.caption.diversity == 0.3
 
 

@@ -1,4 +1,6 @@
 import numpy as np
+import yaml
+from pathlib import Path
 import pytest
 
 from failmap.world import CONTEXT_PHRASE, choose_planted, generate_world
@@ -208,9 +210,10 @@ def test_bad_superclass_world_is_refused(change, match):
 
 
 def test_params_check_superclass_worlds():
-    from failmap.params import ParamsError, params_from_dict
+    from failmap.params import ParamsError, overlay, params_from_dict
+    default = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     ok = {"world": {"classes": ["round", "pointy"], "superclasses": [["circle", "moon"], ["star", "cross"]]}}
-    assert params_from_dict(ok).world.superclasses == [["circle", "moon"], ["star", "cross"]]
+    assert params_from_dict(overlay(default, ok)).world.superclasses == [["circle", "moon"], ["star", "cross"]]
     bad = [({"superclasses": [["circle", "moon"]]}, "world.superclasses = .*one list of member shapes per entry"),
            ({"rare_members": ["moon", "circle"]}, "world.rare_members\\[1\\] = 'circle': expected one of "
                                                   "world.superclasses\\[1\\]"),
@@ -220,6 +223,6 @@ def test_params_check_superclass_worlds():
             "do(es)? not cover .*hexagon")]
     for change, match in bad:
         with pytest.raises(ParamsError, match=match):
-            params_from_dict({"world": {**ok["world"], **change}})
+            params_from_dict(overlay(default, {"world": {**ok["world"], **change}}))
     with pytest.raises(ParamsError, match="world.rare_members .*null unless world.superclasses is set"):
-        params_from_dict({"world": {"rare_members": ["circle"] * 6}})
+        params_from_dict(overlay(default, {"world": {"rare_members": ["circle"] * 6}}))

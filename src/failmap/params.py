@@ -301,9 +301,11 @@ def _tags(model) -> tuple:  # the data.source value a variant of the data union 
 
 def _locate(loc, schema) -> tuple[str, list[str], str | None]:
     """pydantic's error location -> (dotted key, the keys valid beside its last part, the data.source chosen)."""
-    key, models, here, tag = "", [schema], [], None
+    key, models, here, tag, mapping = "", [schema], [], None, False
     for part in loc:
-        if isinstance(part, int):
+        if mapping:  # a key of a dict-valued field (caption.subtypes.circle)
+            key, mapping = f"{key}.{part}", False
+        elif isinstance(part, int):
             key += f"[{part}]"
         elif len(models) > 1 and any(part in _tags(m) for m in models):
             models, tag = [m for m in models if part in _tags(m)], part  # the variant data.source chose
@@ -311,6 +313,7 @@ def _locate(loc, schema) -> tuple[str, list[str], str | None]:
             fields = _fields(models)
             key, here = key + ("." if key else "") + part, list(fields)
             models = _models(fields[part].annotation) if part in fields else []
+            mapping = part in fields and "dict[" in str(fields[part].annotation)
         # else: the name of a union member (int, list[int], ...), not part of the key
     return key, here, tag
 
