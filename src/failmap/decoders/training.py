@@ -17,6 +17,10 @@ What makes it fit the CPU budget (measured in benchmarks/bench_decoder.py):
 - ``mixed_precision``: bfloat16 autocast (AMX / AVX512-BF16 CPUs, GPUs), and
   channels-last convolutions.
 
+The diffusion arithmetic is diffusers' own: ``DDPMScheduler.add_noise`` and
+``get_velocity`` (the v target), ``training_utils.compute_snr`` for min-SNR
+weighting, ``EMAModel`` for the average (its state is in the checkpoint).
+
 What makes it learn in that budget: the condition enters scaled to
 unit-variance entries (``cond_scale`` sqrt(D)), and ``text_cond_prob`` trains
 on the images' own (bridged) captions as well as on their image embeddings.
