@@ -29,7 +29,12 @@ def old_clip_factor(step, warmup, steps):                 # clip_train._lr_facto
 
 def old_triangle_factor(total_steps, peak_fraction=0.25):  # train.triangular_schedule
     peak = max(1, int(total_steps * peak_fraction))
-    return lambda step: (step + 1) / peak if step < peak else max(0.0, (total_steps - step) / max(1, total_steps - peak))
+
+    def factor(step):
+        if step < peak:
+            return (step + 1) / peak
+        return max(0.0, (total_steps - step) / max(1, total_steps - peak))
+    return factor
 
 
 @pytest.mark.parametrize("warmup, steps", [(0, 1), (10, 100), (100, 1800), (7, 5), (3, 4)])

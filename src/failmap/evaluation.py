@@ -215,7 +215,8 @@ def decoded_decision_report(embed_images: Callable[[np.ndarray], np.ndarray],
 
 # ------------------------------------------------------------ decoded sets: does the decoder draw the classes?
 
-def clip_class_predictions(embed_images: Callable[[np.ndarray], np.ndarray], embed_texts: Callable[[list[str]], np.ndarray],
+def clip_class_predictions(embed_images: Callable[[np.ndarray], np.ndarray],
+                           embed_texts: Callable[[list[str]], np.ndarray],
                            class_prompts: Sequence[str], images: np.ndarray) -> np.ndarray:
     """CLIP zero-shot class of each image: the nearest of the class prompts."""
     if not len(images):
