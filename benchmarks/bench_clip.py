@@ -62,7 +62,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from failmap.clip_train import train_clip, world_attributes, zero_shot_report
+    from failmap.clip_train import train_clip
+    from failmap.evaluation import zero_shot_report
+    from failmap.foundation_eval import world_attributes
     from failmap.data import load_ground_truth, load_meta, load_split
     from failmap.embedder import load_embedder
 

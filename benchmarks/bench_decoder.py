@@ -2,7 +2,7 @@
 
 Trains with params.yaml's decoder.train.* on the prepared world's corpus,
 conditioned on the world CLIP's image embeddings, then decodes caption
-prompts and scores them (failmap.decoder_eval): class prompts by CLIP
+prompts and scores them (failmap.decoders.quality): class prompts by CLIP
 zero-shot and the baseline classifier, colour / context prompts by CLIP
 zero-shot attribute accuracy. Needs the prepare, pretrain_clip and (for the
 classifier figure) train_baseline outputs; paths default to the pipeline's.
@@ -58,10 +58,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from failmap.data import load_meta, load_split
-    from failmap.decoder import check_compatible
-    from failmap.decoder_eval import decoder_report
-    from failmap.decoder_train import train_decoder
-    from failmap.decoders import load_decoder
+    from failmap.decoders.loader import check_compatible, load_decoder
+    from failmap.decoders.quality import decoder_report
+    from failmap.decoders.training import train_decoder
     from failmap.embedder import load_embedder
     from failmap.world import CONTEXT_PHRASE
 

@@ -33,8 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from failmap.data import load_ground_truth, load_meta, load_split, subpop_mask  # noqa: E402
-from failmap.finetune import (CONTROL_ARM, POOL_ARMS, FrozenFeatures, evaluate_predictions,  # noqa: E402
-                              finetune_arm, predict_labels, select_pool)
+from failmap.evaluation import evaluate_predictions, predict_labels  # noqa: E402
+from failmap.finetune import CONTROL_ARM, POOL_ARMS, FrozenFeatures, finetune_arm, select_pool  # noqa: E402
 from failmap.params import load_params  # noqa: E402
 from failmap.predictions import load_predictions  # noqa: E402
 from failmap.stage import BASELINE_MODEL, BASELINE_PREDICTIONS, PREPARED, SVM_DIR  # noqa: E402

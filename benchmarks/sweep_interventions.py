@@ -34,12 +34,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from failmap.captions import reference_caption  # noqa: E402
-from failmap.clip_train import Attribute, zero_shot_report  # noqa: E402
 from failmap.data import load_ground_truth, load_meta, load_split, subpop_mask  # noqa: E402
-from failmap.decoder import sampling_settings  # noqa: E402
-from failmap.finetune import FrozenFeatures, evaluate_predictions, finetune_arm, predict_labels  # noqa: E402
-from failmap.generate import (accuracy_on_generated, generate_caption, generate_direction,  # noqa: E402
-                              generate_generic, load_generation_inputs)
+from failmap.decoders.loader import sampling_settings  # noqa: E402
+from failmap.evaluation import (Attribute, accuracy_on_generated, evaluate_predictions, predict_labels,  # noqa: E402
+                                zero_shot_report)
+from failmap.finetune import FrozenFeatures, finetune_arm  # noqa: E402
+from failmap.generate import generate_caption, generate_direction, generate_generic, load_generation_inputs  # noqa: E402
 from failmap.params import load_params  # noqa: E402
 from failmap.stage import BASELINE_MODEL, PREPARED  # noqa: E402
 

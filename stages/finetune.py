@@ -5,7 +5,8 @@ import numpy as np
 
 from failmap.data import load_meta, load_split
 from failmap.device import resolve_device
-from failmap.finetune import GENERATED_ARMS, FrozenFeatures, finetune_arm, predict_labels, select_pool
+from failmap.evaluation import predict_labels
+from failmap.finetune import GENERATED_ARMS, FrozenFeatures, finetune_arm, select_pool
 from failmap.io import atomic_path, write_json
 from failmap.predictions import load_predictions
 from failmap.stage import BASELINE_MODEL, BASELINE_PREDICTIONS, FINETUNED, GENERATED, PREPARED, SVM_DIR, run_stage

@@ -12,13 +12,14 @@ import sys
 
 from failmap.captions import reference_caption
 from failmap.data import load_meta
-from failmap.decoder import sampling_settings
+from failmap.decoders.loader import sampling_settings
 from failmap.device import resolve_device
 from failmap.engine import open_engine
-from failmap.generate import (accuracy_on_generated, clip_class_predictions, decode_plans, decoded_decision_report,
-                              generator_check, hard_neutral_easy_report, keep_on_class, load_generation_inputs,
-                              load_inputs_decoder, plan_caption, plan_direction, plan_eval, plan_generic,
-                              save_generated, save_grid, write_manifest)
+from failmap.evaluation import (accuracy_on_generated, clip_class_predictions, decoded_decision_report,
+                                generator_check, hard_neutral_easy_report)
+from failmap.generate import (decode_plans, load_generation_inputs, load_inputs_decoder, plan_caption, plan_direction,
+                              plan_eval, plan_generic)
+from failmap.generated import keep_on_class, save_generated, save_grid, write_manifest
 from failmap.io import write_json
 from failmap.models import load_classifier
 from failmap.stage import BASELINE_MODEL, GENERATED, METRICS, PLOTS, PREPARED, run_stage

@@ -6,7 +6,9 @@ report its zero-shot quality on test.
 - clip.source corpus: train one on the data's captioned corpus split.
 - clip.source open_clip: nothing to do here (embed loads the pretrained model)."""
 
-from failmap.clip_train import train_clip, world_attributes, zero_shot_report
+from failmap.clip_train import train_clip
+from failmap.evaluation import zero_shot_report
+from failmap.foundation_eval import world_attributes
 from failmap.data import load_ground_truth, load_meta, load_split
 from failmap.embedder import load_embedder
 from failmap.foundation import CLIP_NAME, install_shipped

@@ -8,10 +8,9 @@ models/decoder, then check it draws what captions say of this task's classes.
 - decoder.source unclip: nothing to do here (generate loads the pretrained one)."""
 
 from failmap.data import load_meta, load_split
-from failmap.decoder import check_compatible, sampling_settings
-from failmap.decoder_eval import decoder_report
-from failmap.decoder_train import train_decoder
-from failmap.decoders import load_decoder
+from failmap.decoders.loader import check_compatible, load_decoder, sampling_settings
+from failmap.decoders.quality import decoder_report
+from failmap.decoders.training import train_decoder
 from failmap.device import resolve_device
 from failmap.embedder import load_embedder
 from failmap.foundation import DECODER_NAME, install_shipped

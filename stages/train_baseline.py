@@ -1,6 +1,6 @@
 """Stage train_baseline: train the classifier on the (biased) train split,
 save it and its predictions on every split, write metrics/baseline.json."""
-from failmap.accuracy import accuracy_report
+from failmap.evaluation import accuracy_report
 from failmap.data import SPLITS, load_ground_truth, load_meta, load_split, subpop_mask
 from failmap.device import resolve_device
 from failmap.io import write_json

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from failmap.captions import fill_caption
-from failmap.clip_train import (Attribute, _lr_factor, clip_model_config, train_clip,
-                                zero_shot_report)
+from failmap.clip_train import clip_model_config, train_clip
+from failmap.evaluation import Attribute, zero_shot_report
 from failmap.embedder import load_embedder, world_clip_paths
 
 TINY = dict(embed_dim=16, width=32, layers=1, patch_size=8, text_width=32, text_layers=1, context_length=12,
@@ -104,12 +104,7 @@ def test_bad_input_fails_clearly(tmp_path):
                           text_layers=1, context_length=8)
 
 
-def test_schedule_and_template():
-    assert _lr_factor(0, 10, 100) == pytest.approx(0.1)
-    assert _lr_factor(9, 10, 100) == pytest.approx(1.0)
-    assert _lr_factor(10, 10, 100) == pytest.approx(1.0)
-    assert _lr_factor(55, 10, 100) == pytest.approx(0.5)
-    assert _lr_factor(100, 10, 100) == pytest.approx(0.0, abs=1e-12)
+def test_template():
     t = "a photo of a {adjective} {noun} {context}"
     assert fill_caption(t, "star") == "a photo of a star"
     assert fill_caption(t, "star", "red", "on the grass") == "a photo of a red star on the grass"

@@ -12,10 +12,11 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # everything below loads from local folders
 
-from failmap.decoder import (EmbeddingDecoderPipeline, ModalityBridge, check_compatible,  # noqa: E402
-                             normalize, slerp)
-from failmap.decoder_train import build_unet, train_decoder  # noqa: E402
-from failmap.decoders import load_decoder  # noqa: E402
+from failmap.decoders.bridge import ModalityBridge  # noqa: E402
+from failmap.decoders.loader import check_compatible, load_decoder  # noqa: E402
+from failmap.decoders.sphere import normalize, slerp  # noqa: E402
+from failmap.decoders.training import build_unet, train_decoder  # noqa: E402
+from failmap.decoders.world import EmbeddingDecoderPipeline  # noqa: E402
 
 torch.set_num_threads(1)
 DIM = 8
@@ -130,7 +131,7 @@ def test_mixed_precision_sampling_draws_the_same_images_within_rounding(trained)
 
 
 def test_sampling_settings_pass_mixed_precision_to_the_world_decoder_only():
-    from failmap.decoder import sampling_settings
+    from failmap.decoders.loader import sampling_settings
     from failmap.params import load_params
     from failmap.smoke import repo_root
     decoder = load_params(repo_root() / "params.yaml").decoder

@@ -18,12 +18,13 @@ pytest.importorskip("ray.data", reason="the ray engine needs Ray Data: pip insta
 import open_clip  # noqa: E402
 import torch  # noqa: E402
 
-from failmap.decoder import load_decoder, normalize  # noqa: E402
-from failmap.decoder_train import train_decoder  # noqa: E402
+from failmap.decoders.loader import load_decoder  # noqa: E402
+from failmap.decoders.sphere import normalize  # noqa: E402
+from failmap.decoders.training import train_decoder  # noqa: E402
 from failmap.embedder import embed_image_sets, load_embedder, world_clip_paths  # noqa: E402
 from failmap.engine import EngineError, LocalEngine, RayEngine, Task, open_engine  # noqa: E402
-from failmap.generate import (decode_plans, plan_caption, plan_direction, plan_eval, plan_generic,  # noqa: E402
-                              save_generated, write_manifest)
+from failmap.generate import decode_plans, plan_caption, plan_direction, plan_eval, plan_generic  # noqa: E402
+from failmap.generated import save_generated, write_manifest  # noqa: E402
 from failmap.io import file_digest, write_json  # noqa: E402
 from failmap.svm import ClassSVM, Preprocessor, Skip  # noqa: E402
 

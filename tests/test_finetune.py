@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import failmap.finetune as ft
-from failmap.finetune import (FrozenFeatures, aggregate, evaluate_model, finetune_arm, finetune_steps, plot_rows,
-                              predict_labels, select_pool, svm_hard_easy_masks)
+from failmap.evaluation import evaluate_model, predict_labels, svm_hard_easy_masks
+from failmap.finetune import FrozenFeatures, aggregate, finetune_arm, finetune_steps, plot_rows, select_pool
 from failmap.models import SmallCNN, save_classifier
 
 CLASSES = ["circle", "square", "star"]

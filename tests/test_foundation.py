@@ -14,9 +14,9 @@ import torch
 import yaml
 
 from failmap import foundation, shipped
-from failmap.decoder import EmbeddingDecoderPipeline
-from failmap.decoder_train import train_decoder
-from failmap.decoders import load_decoder
+from failmap.decoders.loader import load_decoder
+from failmap.decoders.training import train_decoder
+from failmap.decoders.world import EmbeddingDecoderPipeline
 from failmap.embedder import SHIPPED_CLIP_WEIGHTS, load_embedder, register_config, world_clip_paths
 from failmap.foundation import (CLIP_NAME, DECODER_NAME, CardMismatch, CorpusSpec, install_shipped,
                                 render_corpus, shipped_dir, uncovered, verify_card, write_card)

@@ -10,12 +10,11 @@ import torch
 from PIL import Image
 
 from failmap.data import load_split
-from failmap.decoder import angles_towards, normalize, rotate_towards, slerp
-from failmap.generate import (class_reference_embeddings, clip_class_predictions, decoded_decision_report, derive_seed,
-                              direction_extents,
-                              generate_caption, generate_direction, generate_eval, generate_generic, generator_check,
-                              hard_neutral_easy_report, keep_on_class, read_manifest, sample_reference_embeddings,
-                              save_generated, save_grid, write_manifest)
+from failmap.decoders.sphere import angles_towards, normalize, rotate_towards, slerp
+from failmap.evaluation import clip_class_predictions, decoded_decision_report, generator_check, hard_neutral_easy_report
+from failmap.conditions import class_reference_embeddings, direction_extents, sample_reference_embeddings
+from failmap.generate import derive_seed, generate_caption, generate_direction, generate_eval, generate_generic
+from failmap.generated import keep_on_class, read_manifest, save_generated, save_grid, write_manifest
 from failmap.svm import ClassSVM, Preprocessor, Skip
 
 D = 4

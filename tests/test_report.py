@@ -18,7 +18,9 @@ from PIL import Image
 
 from failmap.data import Split, save_ground_truth, save_meta, save_split
 from failmap.finetune import aggregate
-from failmap.generate import EVAL_SET, DecodeCall, SetPlan, generator_check, save_generated, write_manifest
+from failmap.evaluation import generator_check
+from failmap.generate import DecodeCall, SetPlan
+from failmap.generated import EVAL_SET, save_generated, write_manifest
 from failmap.io import write_json
 from failmap.predictions import save_predictions
 from failmap.report import (INPUTS, PER_ROW, UPSCALE, MissingInputError, build_report, check_inputs,

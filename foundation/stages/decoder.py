@@ -16,8 +16,8 @@ import time
 import numpy as np
 from pathlib import Path
 
-from failmap.decoder_train import train_decoder
-from failmap.decoders import load_decoder
+from failmap.decoders.loader import load_decoder
+from failmap.decoders.training import train_decoder
 from failmap.embedder import load_embedder
 from failmap.foundation import (CLIP_NAME, CORPUS_DIR, DECODER_NAME, METRICS_DIR, PLOTS_DIR, WORK_DIR, corpus_card,
                                 corpus_spec, export_decoder, hardware, load_corpus, load_foundation_params,

@@ -10,15 +10,14 @@ written as JSON, registered with ``open_clip.add_model_config`` and built with
 ``create_model(name, pretrained=<weights file>)`` path as any open_clip model
 (see ``failmap.embedder.load_embedder(source="world", ...)``).
 
-``zero_shot_report`` measures what the rest of the pipeline needs from the
-space: images must land near the captions that describe their class, colour
-and context.
+``failmap.evaluation.zero_shot_report`` measures what the rest of the
+pipeline needs from the space: images must land near the captions that
+describe their class, colour and context.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +26,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from failmap.captions import fill_caption
 from failmap.device import resolve_device
-from failmap.embedder import WORLD_CLIP_WEIGHTS, Embedder, normalise_batch, register_config, world_clip_paths
+from failmap.embedder import WORLD_CLIP_WEIGHTS, normalise_batch, register_config, world_clip_paths
 from failmap.io import save_torch, write_json
+from failmap.schedules import lr_schedule
 
-DEFAULT_TEMPLATE = "a photo of a {adjective} {noun} {context}"
 HEAD_WIDTH = 32          # attention head width for both towers: 128-wide towers get 4 heads
 TRANSLATE_PIXELS = 2     # augmentation: random shift (reflect-padded) of up to this many pixels
 
@@ -73,14 +71,6 @@ def clip_model_config(image_size: tuple[int, int], *, embed_dim: int, width: int
         "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": text_width,
                      "heads": text_width // HEAD_WIDTH, "layers": text_layers},
     }
-
-
-def _lr_factor(step: int, warmup: int, steps: int) -> float:
-    """Linear warm-up, then cosine decay to zero."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -182,7 +172,7 @@ def train_clip(images_uint8: np.ndarray, captions, out_dir: str | Path, *, embed
     # a CPU step on the (mostly unused) 49408-row token embedding.
     optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6,
                                   fused=True)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, steps))
+    schedule = lr_schedule(optimizer, steps=steps, warmup=warmup, decay="cosine")  # to zero
     generator = torch.Generator().manual_seed(seed)  # batches and augmentation
     max_logit_scale = math.log(100.0)
 
@@ -224,80 +214,3 @@ def train_clip(images_uint8: np.ndarray, captions, out_dir: str | Path, *, embed
         train_seconds=round(time.perf_counter() - start_time, 2),
         train_cpu_seconds=round(time.process_time() - start_cpu, 2), device=str(dev), history=history,
     )
-
-
-# ------------------------------------------------------------------ evaluation
-@dataclass
-class Attribute:
-    """One captioned attribute of a set of images, for zero-shot retrieval.
-
-    values: each image's value (str, (N,)); phrases: value -> the words that
-    name it in a caption ("red", "on the grass"); slot: where those words go
-    in the caption template ("adjective" before the noun, "context" after)."""
-    values: np.ndarray
-    phrases: dict[str, str]
-    slot: str
-
-
-def _classify(image_embeds: np.ndarray, prompt_sets: list[list[str]], embedder: Embedder) -> np.ndarray:
-    """Index of the best prompt set per image; a set's embedding is the
-    normalised mean of its prompts' embeddings (prompt ensembling)."""
-    flat = [p for prompts in prompt_sets for p in prompts]
-    text = embedder.embed_texts(flat)
-    bounds = np.cumsum([0] + [len(p) for p in prompt_sets])
-    centres = np.stack([text[a:b].mean(0) for a, b in zip(bounds[:-1], bounds[1:])])
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    return (image_embeds @ centres.T).argmax(1)
-
-
-def zero_shot_report(embedder: Embedder, images: np.ndarray, labels: np.ndarray, class_names: list[str],
-                     attributes: dict[str, Attribute] | None = None,
-                     template: str = DEFAULT_TEMPLATE) -> dict:
-    """Zero-shot accuracy of an embedder on labelled images.
-
-    - class: each image against "a photo of a {class}" (the template with only
-      the noun), the reference prompt the caption stage also uses.
-    - each attribute (e.g. colour, context): pick the right value among all of
-      the attribute's values. A value's prompt is the template with that value
-      in its slot, averaged over every class noun ("a photo of a red circle",
-      "a photo of a red square", ...), so that the class neither helps nor
-      hurts; these are the phrasings the world's corpus captions use.
-    Returns {class_accuracy, class_accuracy_per_class, <attr>_accuracy, n}.
-    """
-    labels = np.asarray(labels)
-    if len(labels) != len(images):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    image_embeds = embedder.embed_images(images)
-    report: dict = {"n": int(len(labels))}
-    pred = _classify(image_embeds, [[fill_caption(template, c)] for c in class_names], embedder)
-    report["class_accuracy"] = float((pred == labels).mean())
-    report["class_accuracy_per_class"] = {c: float((pred[labels == k] == k).mean()) if (labels == k).any() else None
-                                          for k, c in enumerate(class_names)}
-    for name, attr in (attributes or {}).items():
-        if attr.slot not in ("adjective", "context"):
-            raise ValueError(f"attribute '{name}': slot must be 'adjective' or 'context', got '{attr.slot}'")
-        values = list(attr.phrases)
-        unknown = sorted(set(np.asarray(attr.values).tolist()) - set(values))
-        if unknown:
-            raise ValueError(f"attribute '{name}': values {unknown} have no phrase (known: {values})")
-        prompt_sets = [[fill_caption(template, c, **{attr.slot: attr.phrases[v]}) for c in class_names]
-                       for v in values]
-        pred = _classify(image_embeds, prompt_sets, embedder)
-        truth = np.array([values.index(v) for v in attr.values])
-        report[f"{name}_accuracy"] = float((pred == truth).mean())
-    return report
-
-
-def world_attributes(ground_truth: dict[str, dict], ids: np.ndarray, colours: list[str],
-                     contexts: list[str]) -> dict[str, Attribute]:
-    """Colour and context attributes of the world's images, from ground_truth.csv rows."""
-    from failmap.world import CONTEXT_PHRASE
-    missing = [i for i in ids if i not in ground_truth]
-    if missing:
-        raise KeyError(f"{len(missing)} ids have no ground-truth row (first: {missing[0]})")
-    return {
-        "colour": Attribute(values=np.array([ground_truth[i]["colour"] for i in ids]),
-                            phrases={c: c for c in colours}, slot="adjective"),
-        "context": Attribute(values=np.array([ground_truth[i]["context"] for i in ids]),
-                             phrases={c: CONTEXT_PHRASE[c] for c in contexts}, slot="context"),
-    }

@@ -1,4 +1,5 @@
-"""Fine-tuning interventions and their evaluation (METHOD.md steps 6 and 7).
+"""Fine-tuning interventions and their summary over seeds (METHOD.md steps 6
+and 7; each fine-tuned model is scored by ``failmap.evaluation``).
 
 Arms: ``none`` (the control: same schedule on train only), the generated
 arms (``generic``, ``caption``, ``direction``: train plus that arm's decoded
@@ -37,7 +38,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from failmap.models import load_classifier
-from failmap.train import augment, to_tensor, triangular_schedule
+from failmap.schedules import triangle_schedule
+from failmap.train import augment, to_tensor
 
 CONTROL_ARM = "none"
 GENERATED_ARMS = ("generic", "caption", "direction")
@@ -175,7 +177,7 @@ def _sgd(params, loss_of_batch, n: int, *, steps: int, batch_size: int, lr: floa
     pass; returns the loss per step."""
     gen = torch.Generator().manual_seed(int(seed))
     opt = torch.optim.SGD(list(params), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, triangular_schedule(steps))
+    sched = triangle_schedule(opt, steps)
     losses, order, pos = [], torch.randperm(n, generator=gen), 0
     for _ in tqdm(range(steps), desc=desc, mininterval=2, disable=steps < 200):
         if pos >= n:
@@ -253,86 +255,7 @@ def finetune_arm(baseline_path: str | Path, train_images: np.ndarray, train_labe
     return model.eval()
 
 
-# ------------------------------------------------------------ evaluation
-
-@torch.inference_mode()
-def predict_labels(model: torch.nn.Module, images: np.ndarray, device: str,
-                   features: FrozenFeatures | None = None, batch_size: int = 512) -> np.ndarray:
-    """Predicted class per image; through cached features when ``features``
-    holds this model's body (a last-layer fine-tune), else a full forward pass."""
-    model.eval()
-    if features is not None and features.body_matches(model):
-        return model.fc(features(images).to(device)).argmax(1).cpu().numpy()
-    out = [model(to_tensor(images[s:s + batch_size]).to(device)).argmax(1).cpu()
-           for s in range(0, len(images), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros(0, np.int64)
-
-
-def svm_hard_easy_masks(decision_test: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per class, the k test images with the lowest (hard) and highest (easy)
-    baseline SVM decision value. Classes without an SVM (NaN) are in neither;
-    a class with fewer than 2k images gives n // 2 to each so they never overlap."""
-    decision = np.asarray(decision_test, dtype=np.float64)
-    labels = np.asarray(labels)
-    if decision.shape != labels.shape or decision.ndim != 1:
-        raise ValueError(f"decision_test {decision.shape} and labels {labels.shape} must be 1-D of one length")
-    if int(k) != k or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k}")
-    hard, easy = np.zeros(len(labels), bool), np.zeros(len(labels), bool)
-    for c in np.unique(labels):
-        members = np.flatnonzero((labels == c) & np.isfinite(decision))
-        take = min(int(k), len(members) // 2)
-        order = members[np.argsort(decision[members], kind="stable")]
-        hard[order[:take]] = True
-        easy[order[len(order) - take:]] = True
-    return hard, easy
-
-
-def _class_mean_accuracy(correct: np.ndarray, labels: np.ndarray, mask: np.ndarray | None) -> float | None:
-    """Mean over classes of the per-class accuracy inside ``mask`` (classes with
-    no image in it are left out): every class weighs the same."""
-    if mask is None:
-        return None
-    accs = [correct[(labels == c) & mask].mean() for c in np.unique(labels) if ((labels == c) & mask).any()]
-    return float(np.mean(accs)) if accs else None
-
-
-def evaluate_predictions(pred: np.ndarray, test_labels: np.ndarray, class_names: Sequence[str],
-                         gt_subpop_mask: np.ndarray | None, svm_hard_mask: np.ndarray,
-                         svm_easy_mask: np.ndarray) -> dict:
-    """Test accuracy overall and on hard / easy subpopulations, from predicted labels.
-
-    By ground truth (None without it): hard = each class's planted
-    subpopulation, easy = the rest of that class. By SVM: the masks from
-    ``svm_hard_easy_masks`` on the *baseline's* decision values. Subpopulation
-    accuracies are means over classes (each class weighs the same).
-    """
-    labels = np.asarray(test_labels, dtype=np.int64)
-    masks = {"pred": pred, "gt_subpop_mask": gt_subpop_mask, "svm_hard_mask": svm_hard_mask,
-             "svm_easy_mask": svm_easy_mask}
-    for name, m in masks.items():
-        if m is not None and np.asarray(m).shape != labels.shape:
-            raise ValueError(f"{name} must have shape {labels.shape} to match test_labels, got {np.asarray(m).shape}")
-    gt = None if gt_subpop_mask is None else np.asarray(gt_subpop_mask, bool)
-    correct = (np.asarray(pred) == labels).astype(float)
-    return {
-        "test_acc": float(correct.mean()),
-        "per_class_acc": {c: float(correct[labels == k].mean()) for k, c in enumerate(class_names)
-                          if (labels == k).any()},
-        "hard_acc_gt": _class_mean_accuracy(correct, labels, gt),
-        "easy_acc_gt": _class_mean_accuracy(correct, labels, None if gt is None else ~gt),
-        "hard_acc_svm": _class_mean_accuracy(correct, labels, np.asarray(svm_hard_mask, bool)),
-        "easy_acc_svm": _class_mean_accuracy(correct, labels, np.asarray(svm_easy_mask, bool)),
-    }
-
-
-def evaluate_model(model: torch.nn.Module, test_images: np.ndarray, test_labels: np.ndarray,
-                   class_names: Sequence[str], gt_subpop_mask: np.ndarray | None, svm_hard_mask: np.ndarray,
-                   svm_easy_mask: np.ndarray, device: str, features: FrozenFeatures | None = None) -> dict:
-    """``evaluate_predictions`` of the model's predictions on the test images."""
-    pred = predict_labels(model, test_images, device, features)
-    return evaluate_predictions(pred, test_labels, class_names, gt_subpop_mask, svm_hard_mask, svm_easy_mask)
-
+# ------------------------------------------------------------ summaries over seeds
 
 def _mean_std(values: list[float | None]) -> dict:
     """Mean and sample std (ddof 1) over seeds; std None with one seed, both None without values."""

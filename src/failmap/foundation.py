@@ -182,7 +182,7 @@ def export_decoder(pipe, out_dir: str | Path) -> Path:
     safetensors (``load_decoder`` reads it back as float32)."""
     import torch
 
-    from failmap.decoder_train import save_pipeline
+    from failmap.decoders.training import save_pipeline
     pipe.unet.to(torch.float16)
     try:
         return save_pipeline(pipe, out_dir)

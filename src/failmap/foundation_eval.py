@@ -1,4 +1,5 @@
-"""Quality figures of the foundation models, on held-out foundation images.
+"""Quality figures of the foundation models, on held-out foundation images
+(scored with ``failmap.evaluation``).
 
 - CLIP: zero-shot shape, colour and context over every value the corpus has.
 - The shape judge: a small CNN trained on the unbiased corpus to name the
@@ -17,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from failmap.captions import fill_caption
-from failmap.clip_train import DEFAULT_TEMPLATE, Attribute, zero_shot_report
+from failmap.evaluation import DEFAULT_TEMPLATE, Attribute, zero_shot_report
 
 
 def visible_mask(colours, contexts) -> np.ndarray:
@@ -30,6 +31,16 @@ def corpus_attributes(colours, contexts, colour_names: list[str], context_names:
     return {"colour": Attribute(values=np.asarray(colours), phrases={c: c for c in colour_names}, slot="adjective"),
             "context": Attribute(values=np.asarray(contexts), phrases={c: CONTEXT_PHRASE[c] for c in context_names},
                                  slot="context")}
+
+
+def world_attributes(ground_truth: dict[str, dict], ids: np.ndarray, colours: list[str],
+                     contexts: list[str]) -> dict[str, Attribute]:
+    """``corpus_attributes`` of a task world's images, from their ground_truth.csv rows."""
+    missing = [i for i in ids if i not in ground_truth]
+    if missing:
+        raise KeyError(f"{len(missing)} ids have no ground-truth row (first: {missing[0]})")
+    return corpus_attributes([ground_truth[i]["colour"] for i in ids], [ground_truth[i]["context"] for i in ids],
+                             colours, contexts)
 
 
 def clip_quality(embedder, heldout: dict, spec) -> dict:

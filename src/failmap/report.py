@@ -34,8 +34,9 @@ from typing import Sequence
 import numpy as np
 
 from failmap.data import Split, load_ground_truth, load_meta, load_split, subpop_mask
-from failmap.finetune import ARMS, CONTROL_ARM, GENERATED_ARMS, svm_hard_easy_masks
-from failmap.generate import EVAL_SET, GeneratedSet, read_manifest
+from failmap.evaluation import svm_hard_easy_masks
+from failmap.finetune import ARMS, CONTROL_ARM, GENERATED_ARMS
+from failmap.generated import EVAL_SET, GeneratedSet, read_manifest
 from failmap.io import atomic_path, read_json
 from failmap.plots import image_grid
 from failmap.predictions import load_predictions

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from failmap.schedules import triangle_schedule
+
 # Per-channel statistics are not worth a pass over the data: images are
 # scaled to [-1, 1], which every architecture here handles with batch norm.
 
@@ -30,18 +32,6 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.
     return out
 
 
-def triangular_schedule(total_steps: int, peak_fraction: float = 0.25):
-    """The reference's cyclic learning rate, one cycle: linear warm-up to the
-    peak over the first quarter of the steps, then linear decay to zero."""
-    peak = max(1, int(total_steps * peak_fraction))
-
-    def factor(step: int) -> float:
-        if step < peak:
-            return (step + 1) / peak
-        return max(0.0, (total_steps - step) / max(1, total_steps - peak))
-    return factor
-
-
 def fit(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int, batch_size: int,
         lr: float, momentum: float, weight_decay: float, augment_data: bool, seed: int, device: str,
         params=None, desc: str = "train") -> list[float]:
@@ -57,7 +47,7 @@ def fit(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, *, epoch
     trainable = list(model.parameters()) if params is None else list(params)
     opt = torch.optim.SGD(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
     steps_per_epoch = max(1, int(np.ceil(len(x_all) / batch_size)))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, triangular_schedule(epochs * steps_per_epoch))
+    sched = triangle_schedule(opt, epochs * steps_per_epoch)
     model.to(device)
     losses = []
     bar = tqdm(range(epochs), desc=desc, mininterval=2)

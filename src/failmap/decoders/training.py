@@ -1,5 +1,5 @@
 """Pre-train the world decoder: a small pixel-space diffusion model that draws
-an image from a unit CLIP image embedding (``EmbeddingDecoderPipeline``).
+an image from a unit CLIP image embedding (``failmap.decoders.world.EmbeddingDecoderPipeline``).
 
 Objective: DDPM noise prediction (or v-prediction) on (image, its CLIP image
 embedding) pairs; with probability ``cond_dropout`` the condition is replaced
@@ -9,11 +9,17 @@ model that classifier-free guidance needs. Sampling is DDIM.
 What makes it fit the CPU budget (measured in benchmarks/bench_decoder.py):
 - space-to-depth (``patch_size`` 2): the UNet sees 12 x 16 x 16 instead of
   3 x 32 x 32, every pixel kept, ~3x cheaper per step;
-- an exponential moving average of the weights (``ema_decay``), which gives
-  clean samples long before the raw weights stop jittering;
-- linear warm-up then cosine decay of a high learning rate;
+- an exponential moving average of the weights (``ema_decay``, diffusers'
+  ``EMAModel``), which gives clean samples long before the raw weights stop
+  jittering;
+- linear warm-up then cosine decay of a high learning rate (to
+  ``LR_FLOOR`` of the peak; ``failmap.schedules``, shared with every loop);
 - ``mixed_precision``: bfloat16 autocast (AMX / AVX512-BF16 CPUs, GPUs), and
   channels-last convolutions.
+
+The diffusion arithmetic is diffusers' own: ``DDPMScheduler.add_noise`` and
+``get_velocity`` (the v target), ``training_utils.compute_snr`` for min-SNR
+weighting, ``EMAModel`` for the average (its state is in the checkpoint).
 
 What makes it learn in that budget: the condition enters scaled to
 unit-variance entries (``cond_scale`` sqrt(D)), and ``text_cond_prob`` trains
@@ -23,7 +29,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import math
 import shutil
 import sys
 import tempfile
@@ -37,9 +42,12 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 
-from failmap.decoder import EmbeddingDecoderPipeline, ModalityBridge, normalize
+from failmap.decoders.bridge import ModalityBridge
+from failmap.decoders.sphere import normalize
+from failmap.decoders.world import EmbeddingDecoderPipeline
 from failmap.device import resolve_device, resolve_mixed_precision
 from failmap.io import save_torch
+from failmap.schedules import lr_schedule
 
 GROUP_NORM_GROUPS = 8   # channel widths down to 8 stay valid
 HEAD_DIM = 32           # attention head width
@@ -48,6 +56,7 @@ HEAD_DIM = 32           # attention head width
 # ~6 %; a diverged one (lr 0.004 on the contrast-rule world) ended at 0.819, ~99 %.
 LEARNT_NOTHING = 0.9
 LAST_STEPS = 20  # steps the final loss ratio averages over
+LR_FLOOR = 0.1   # the cosine decays to this share of the peak learning rate, not to zero
 
 
 def build_unet(embed_dim: int, channels: list[int] | tuple[int, ...], image_size: int, patch_size: int = 2,
@@ -88,14 +97,6 @@ def build_unet(embed_dim: int, channels: list[int] | tuple[int, ...], image_size
         # diffusers quirk: this argument is the number of heads per block, not their width
         attention_head_dim=tuple(max(1, c // HEAD_DIM) for c in channels),
         **extra)
-
-
-def _lr_factor(step: int, warmup: int, steps: int, floor: float = 0.1) -> float:
-    """Linear warm-up, then cosine decay to ``floor`` of the peak."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _min_snr_weights(noise_scheduler: DDPMScheduler, prediction_type: str, gamma: float | None):
@@ -196,7 +197,6 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
     unet = unet.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN), same results
     noise_scheduler = DDPMScheduler(num_train_timesteps=train_timesteps, beta_schedule=beta_schedule,
                                     prediction_type=prediction_type, clip_sample=True)
-    alphas_cumprod = noise_scheduler.alphas_cumprod.to(dev)
     weights_of = _min_snr_weights(noise_scheduler, prediction_type, snr_gamma)
     # diffusers' average: its decay warms up as min(ema_decay, (1 + k) / (10 + k)) over step k
     ema = EMAModel(unet.parameters(), decay=ema_decay) if ema_decay > 0 else None
@@ -205,7 +205,7 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
     conds = torch.from_numpy(image_embeds).to(dev)
     caption_conds = torch.from_numpy(bridge(text_embeds_for_bridge)).to(dev) if text_cond_prob > 0 else None
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, steps))
+    schedule = lr_schedule(optimizer, steps=steps, warmup=warmup, decay="cosine", floor=LR_FLOOR)
     generator = torch.Generator().manual_seed(seed)  # batches, timesteps, noise, condition dropout
 
     def pipeline(model: UNet2DConditionModel) -> EmbeddingDecoderPipeline:
@@ -261,10 +261,8 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
         cond = cond * keep[:, None] * cond_scale
         t = torch.randint(0, train_timesteps, (batch_size,), generator=generator).to(dev)
         noise = torch.randn(x0.shape, generator=generator).to(dev)
-        a = alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
-        s = (1 - alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
-        noisy = a * x0 + s * noise
-        target = noise if prediction_type == "epsilon" else a * noise - s * x0
+        noisy = noise_scheduler.add_noise(x0, noise, t)
+        target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(x0, noise, t)
         kwargs = dict(class_labels=cond) if time_conditioning else {}
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=mixed_precision):
             pred = unet(noisy.contiguous(memory_format=torch.channels_last), t,

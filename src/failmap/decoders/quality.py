@@ -9,14 +9,16 @@ modality bridge for the world decoder, text-to-image for unCLIP) and checked:
   ("a photo of a {class} {context}"): CLIP zero-shot picks the named colour /
   context among all of them (and the class).
 
-Shared by the pretrain_decoder stage and ``benchmarks/bench_decoder.py``.
+Shared by the pretrain_decoder stage and ``benchmarks/bench_decoder.py``; the
+zero-shot scoring itself is ``failmap.evaluation.zero_shot_report``.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from failmap.captions import fill_caption
-from failmap.clip_train import DEFAULT_TEMPLATE, Attribute, zero_shot_report
+from failmap.evaluation import DEFAULT_TEMPLATE, Attribute, zero_shot_report
+from failmap.train import predict_proba
 
 
 def decode_prompts(decoder, embedder, prompts: list[str], **decode_kwargs) -> np.ndarray:
@@ -46,7 +48,6 @@ def decoder_report(decoder, embedder, class_names: list[str], colours: dict[str,
     report["class_prompt"] = dict(clip_class_accuracy=zs["class_accuracy"],
                                   clip_class_accuracy_per_class=zs["class_accuracy_per_class"], n=len(labels))
     if classifier is not None:
-        from failmap.train import predict_proba
         pred = predict_proba(classifier, images["class"], device).argmax(1)
         report["class_prompt"]["classifier_accuracy"] = float((pred == labels).mean())
         report["class_prompt"]["classifier_accuracy_per_class"] = {

@@ -23,7 +23,9 @@ import torch
 from diffusers import StableDiffusionPipeline, StableUnCLIPImg2ImgPipeline
 from tqdm.auto import tqdm
 
-from failmap.decoder import ModalityBridge, check_embeds, to_uint8_images
+from failmap.decoders.bridge import ModalityBridge
+from failmap.decoders.images import to_uint8_images
+from failmap.decoders.sphere import check_embeds
 
 # The CLIP space each public Stable unCLIP checkpoint conditions on, named as
 # failmap.embedder names open_clip spaces. Local folders and other ids must
@@ -84,20 +86,14 @@ class UnclipDecoder:
                       seed: int = 0, batch_size: int = 8, show_progress: bool = True) -> np.ndarray:
         """(N, D) vectors (normalised, then rescaled to the encoder's typical norm) -> uint8 images."""
         embeds = torch.from_numpy(check_embeds(embeds, self.dim)) * self.embedding_norm
-        pipe = self.pipe
-        side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-        latents = self._initial_latents(len(embeds), pipe.unet.config.in_channels, side // pipe.vae_scale_factor,
-                                        seed)
-        out = []
-        for start in tqdm(range(0, len(embeds), batch_size), desc="decode (unCLIP)", unit="batch",
-                          disable=not show_progress):
-            chunk = embeds[start:start + batch_size].to(self.device, self.dtype)
-            images = pipe(image_embeds=chunk, prompt=[""] * len(chunk), num_inference_steps=num_inference_steps,
-                          guidance_scale=guidance_scale, noise_level=self.noise_level,
-                          latents=latents[start:start + batch_size].to(self.device, self.dtype),
-                          generator=torch.Generator().manual_seed(seed + start), output_type="pt").images
-            out.append(to_uint8_images(images * 2 - 1, self.image_size))
-        return np.concatenate(out) if out else np.zeros((0, side, side, 3), np.uint8)
+
+        def draw(pipe, batch: slice, latents: torch.Tensor) -> torch.Tensor:
+            chunk = embeds[batch].to(self.device, self.dtype)
+            return pipe(image_embeds=chunk, prompt=[""] * len(chunk), num_inference_steps=num_inference_steps,
+                        guidance_scale=guidance_scale, noise_level=self.noise_level, latents=latents,
+                        generator=torch.Generator().manual_seed(seed + batch.start), output_type="pt").images
+        return self._decode_batches(self.pipe, draw, len(embeds), seed=seed, batch_size=batch_size,
+                                    desc="decode (unCLIP)", show_progress=show_progress)
 
     def to_image_space(self, text_embeds: np.ndarray) -> np.ndarray:
         if self.bridge is None:
@@ -127,17 +123,23 @@ class UnclipDecoder:
             raise ValueError("captions must be a list of strings")
         if text_embeds is not None and len(text_embeds) != len(captions):
             raise ValueError(f"{len(captions)} captions but {len(text_embeds)} text embeddings")
-        pipe = self.text_pipe()
+
+        def draw(pipe, batch: slice, latents: torch.Tensor) -> torch.Tensor:
+            return pipe(prompt=list(captions[batch]), num_inference_steps=num_inference_steps,
+                        guidance_scale=guidance_scale, latents=latents, output_type="pt").images
+        return self._decode_batches(self.text_pipe(), draw, len(captions), seed=seed, batch_size=batch_size,
+                                    desc="decode (text-to-image)", show_progress=show_progress)
+
+    def _decode_batches(self, pipe, draw, n: int, *, seed: int, batch_size: int, desc: str,
+                        show_progress: bool) -> np.ndarray:
+        """``draw(pipe, batch, latents)`` -> images in [0, 1] for each batch (a slice of the n
+        inputs), from starting latents drawn once for all n; -> uint8 (n, S, S, 3)."""
         side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-        latents = self._initial_latents(len(captions), pipe.unet.config.in_channels, side // pipe.vae_scale_factor,
-                                        seed)
+        latents = self._initial_latents(n, pipe.unet.config.in_channels, side // pipe.vae_scale_factor, seed)
         out = []
-        for start in tqdm(range(0, len(captions), batch_size), desc="decode (text-to-image)", unit="batch",
-                          disable=not show_progress):
-            chunk = list(captions[start:start + batch_size])
-            images = pipe(prompt=chunk, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                          latents=latents[start:start + batch_size].to(self.device, self.dtype),
-                          output_type="pt").images
+        for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=not show_progress):
+            batch = slice(start, start + batch_size)
+            images = draw(pipe, batch, latents[batch].to(self.device, self.dtype))
             out.append(to_uint8_images(images * 2 - 1, self.image_size))
         return np.concatenate(out) if out else np.zeros((0, side, side, 3), np.uint8)
 

@@ -1,0 +1,47 @@
+"""The modality bridge: CLIP text embeddings -> the image-embedding cone.
+
+CLIP's image and text embeddings of the same content are close in angle
+relative to other content, but the two modalities sit in different cones of
+the sphere: every text embedding is far from every image embedding. A decoder
+trained on image embeddings has never seen a vector from the text cone, so a
+caption's embedding must first be moved into the image cone.
+``ModalityBridge`` does the simplest thing that works (Liang et al. 2022,
+"Mind the Gap"): subtract the mean text embedding, add the mean image
+embedding, renormalise. It keeps the caption's *direction* relative to the
+centre of its modality (what distinguishes "a red star" from "a blue circle")
+and is fitted from any set of image embeddings and caption embeddings (the
+corpus pairs for the world decoder; no pairing is needed).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from failmap.decoders.sphere import normalize
+
+
+@dataclass(frozen=True)
+class ModalityBridge:
+    """Move text embeddings into the image-embedding cone (see the module docstring)."""
+    mean_image: np.ndarray  # (D,) mean of unit image embeddings
+    mean_text: np.ndarray   # (D,) mean of unit text embeddings
+
+    @classmethod
+    def fit(cls, image_embeds: np.ndarray, text_embeds: np.ndarray) -> "ModalityBridge":
+        image_embeds = normalize(image_embeds, "image_embeds")
+        text_embeds = normalize(text_embeds, "text_embeds")
+        if image_embeds.ndim != 2 or text_embeds.ndim != 2 or image_embeds.shape[1] != text_embeds.shape[1]:
+            raise ValueError(f"image_embeds {image_embeds.shape} and text_embeds {text_embeds.shape} must be "
+                             f"(N, D) and (M, D) with the same D")
+        return cls(image_embeds.mean(0), text_embeds.mean(0))
+
+    @property
+    def dim(self) -> int:
+        return int(len(self.mean_image))
+
+    def __call__(self, text_embeds: np.ndarray) -> np.ndarray:
+        text_embeds = normalize(text_embeds, "text_embeds")
+        if text_embeds.shape[-1] != self.dim:
+            raise ValueError(f"text_embeds have dimension {text_embeds.shape[-1]}, the bridge {self.dim}")
+        return normalize(text_embeds - self.mean_text + self.mean_image, "bridged text_embeds")
