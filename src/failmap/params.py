@@ -69,22 +69,48 @@ class Section(BaseModel):
 def _refuse(key: str, value, expected: str) -> PydanticCustomError:  # a rule's error; key relative to its model
     return PydanticCustomError("refused", "{expected}", {"key": key, "value": value, "expected": expected})
 
-# ------------------------- params.yaml (fields grouped in lines in its order; its comments say what each does)
-class WorldData(Section): source: Literal["world"]; image_size: Size
-class CifarData(Section): source: Literal["cifar10"]; root: Text; download: bool; n_val: Size; n_pool: Count
-class Cifar100Data(CifarData): source: Literal["cifar100_superclass"]; minority_keep: Share
+# ------------------------------------------- params.yaml (fields in its order; its comments say what each does)
+class WorldData(Section):
+    source: Literal["world"]
+    image_size: Size
+class CifarData(Section):
+    source: Literal["cifar10"]
+    root: Text
+    download: bool
+    n_val: Size
+    n_pool: Count
+class Cifar100Data(CifarData):
+    source: Literal["cifar100_superclass"]
+    minority_keep: Share
 class ImageFolderData(Section):
-    source: Literal["imagefolder"]; root: Text; image_size: Size; captions_file: Optional[Text]
+    source: Literal["imagefolder"]
+    root: Text
+    image_size: Size
+    captions_file: Optional[Text]
 Data = Annotated[Union[WorldData, CifarData, Cifar100Data, ImageFolderData], Field(discriminator="source")]
 
 class World(Section):
-    classes: _list(Text, min_len=2, unique=True); colours: _list(Text, unique=True); contexts: _list(Text, unique=True)
-    n_train: Size; n_val: Size; n_test: Size; n_pool: Count; n_corpus: Size
-    planted_attribute: Literal["context", "colour"]; planted_values: Optional[_list(Text)]
-    train_rate: Share; eval_rate: Share; confuser_rate: Share; eval_confuser_rate: Optional[Share]
-    noise: Share; min_size: Fraction; max_size: Fraction; min_contrast: _num(float, ge=0, le=2)
+    classes: _list(Text, min_len=2, unique=True)
+    colours: _list(Text, unique=True)
+    contexts: _list(Text, unique=True)
+    n_train: Size
+    n_val: Size
+    n_test: Size
+    n_pool: Count
+    n_corpus: Size
+    planted_attribute: Literal["context", "colour"]
+    planted_values: Optional[_list(Text)]
+    train_rate: Share
+    eval_rate: Share
+    confuser_rate: Share
+    eval_confuser_rate: Optional[Share]
+    noise: Share
+    min_size: Fraction
+    max_size: Fraction
+    min_contrast: _num(float, ge=0, le=2)
     # superclass world (null: off): world.classes name groups of shapes, one member of each rare in train
-    superclasses: Optional[_list(_list(Text))]; rare_members: Optional[_list(Text)]
+    superclasses: Optional[_list(_list(Text))]
+    rare_members: Optional[_list(Text)]
     @model_validator(mode="after")
     def _shares_and_planted_values(self):
         if self.min_size > self.max_size:
@@ -140,30 +166,76 @@ class World(Section):
         return self
 
 class Baseline(Section):
-    arch: Literal["small_cnn", "resnet18"]; width: Size; epochs: Size; batch_size: Size
-    lr: Positive; momentum: Momentum; weight_decay: NonNegative; augment: bool; device: Device
+    arch: Literal["small_cnn", "resnet18"]
+    width: Size
+    epochs: Size
+    batch_size: Size
+    lr: Positive
+    momentum: Momentum
+    weight_decay: NonNegative
+    augment: bool
+    device: Device
 class ClipTrain(Section):
-    embed_dim: Size; width: Size; layers: Union[Size, _list(Size)]; patch_size: Size; text_width: Size
-    text_layers: Size; context_length: Size; steps: Size; lr: Positive; warmup: Count
+    embed_dim: Size
+    width: Size
+    layers: Union[Size, _list(Size)]
+    patch_size: Size
+    text_width: Size
+    text_layers: Size
+    context_length: Size
+    steps: Size
+    lr: Positive
+    warmup: Count
     batch_size: _num(int, ge=2)  # a contrastive loss needs at least one negative
 class Clip(Section):
-    source: Literal["world", "corpus", "open_clip"]; arch: Text; pretrained: Text; batch_size: Size; device: Device
+    source: Literal["world", "corpus", "open_clip"]
+    arch: Text
+    pretrained: Text
+    batch_size: Size
+    device: Device
     train: ClipTrain
 class DecoderTrain(Section):
-    channels: _list(Size); patch_size: Size; attention_levels: Count; scale_shift: bool; steps: Size
-    batch_size: Size; lr: Positive; warmup: Count; ema_decay: Momentum; cond_dropout: Momentum
-    text_cond_prob: Share; cond_scale: Positive; prediction_type: Literal["epsilon", "v_prediction"]
-    snr_gamma: Optional[Positive]; train_timesteps: _num(int, ge=2); mixed_precision: MixedPrecision
+    channels: _list(Size)
+    patch_size: Size
+    attention_levels: Count
+    scale_shift: bool
+    steps: Size
+    batch_size: Size
+    lr: Positive
+    warmup: Count
+    ema_decay: Momentum
+    cond_dropout: Momentum
+    text_cond_prob: Share
+    cond_scale: Positive
+    prediction_type: Literal["epsilon", "v_prediction"]
+    snr_gamma: Optional[Positive]
+    train_timesteps: _num(int, ge=2)
+    mixed_precision: MixedPrecision
 class Decoder(Section):
-    source: Literal["world", "corpus", "unclip"]; model: Text; text_model: Text
-    num_inference_steps: Size; guidance_scale: NonNegative; batch_size: Size
-    mixed_precision: MixedPrecision; device: Device; train: DecoderTrain
-class Svm(Section): c_grid: _list(Positive, unique=True); folds: _num(int, ge=2); max_iter: Size; min_errors: Size
+    source: Literal["world", "corpus", "unclip"]
+    model: Text
+    text_model: Text
+    num_inference_steps: Size
+    guidance_scale: NonNegative
+    batch_size: Size
+    mixed_precision: MixedPrecision
+    device: Device
+    train: DecoderTrain
+class Svm(Section):
+    c_grid: _list(Positive, unique=True)
+    folds: _num(int, ge=2)
+    max_iter: Size
+    min_errors: Size
 
 class Caption(Section):
-    template: Text; adjectives: Optional[_list(Text, unique=True)]; contexts: Optional[_list(Text, unique=True)]
-    top_k: Size; sources: _list(CaptionSource, unique=True); subtypes: Optional[dict[Text, _list(Text)]]
-    file: Optional[Text]; diversity: Momentum
+    template: Text
+    adjectives: Optional[_list(Text, unique=True)]
+    contexts: Optional[_list(Text, unique=True)]
+    top_k: Size
+    sources: _list(CaptionSource, unique=True)
+    subtypes: Optional[dict[Text, _list(Text)]]
+    file: Optional[Text]
+    diversity: Momentum
     @model_validator(mode="after")
     def _template_slots(self):
         allowed = ", ".join("{" + s + "}" for s in CAPTION_SLOTS)
@@ -187,18 +259,36 @@ class Caption(Section):
         return self
 
 class Generate(Section):
-    n_per_class: Size; walk: Literal["extent", "normal"]; alpha: Fraction; n_captions: Size
-    caption_weight: Fraction; eval_alphas: _list(Fraction, unique=True); n_eval_per_class: Size
-    min_class_recognition: Share; filter: bool
+    n_per_class: Size
+    walk: Literal["extent", "normal"]
+    alpha: Fraction
+    n_captions: Size
+    caption_weight: Fraction
+    eval_alphas: _list(Fraction, unique=True)
+    n_eval_per_class: Size
+    min_class_recognition: Share
+    filter: bool
 class Finetune(Section):
-    arms: _list(Arm, unique=True); seeds: _list(Count, unique=True); pool_k: Size; last_layer_only: bool
-    epochs: Size; batch_size: Size; lr: Positive; momentum: Momentum; weight_decay: NonNegative
-class Evaluate(Section): k: Size
-class Tracking(Section): experiment: Text; uri: Text
+    arms: _list(Arm, unique=True)
+    seeds: _list(Count, unique=True)
+    pool_k: Size
+    last_layer_only: bool
+    epochs: Size
+    batch_size: Size
+    lr: Positive
+    momentum: Momentum
+    weight_decay: NonNegative
+class Evaluate(Section):
+    k: Size
+class Tracking(Section):
+    experiment: Text
+    uri: Text
 
 class Compute(Section):
     """Where the embed and generate stages run their batches (failmap.engine)."""
-    engine: Literal["local", "ray"]; workers: Size; gpus_per_worker: NonNegative
+    engine: Literal["local", "ray"]
+    workers: Size
+    gpus_per_worker: NonNegative
     address: Optional[Text]  # null: start a local Ray with num_cpus = workers
 
 def _importable(name: str) -> bool:
@@ -212,8 +302,16 @@ class Params(Section):
     seed: Count  # numpy and torch both refuse negative seeds
     data: Data
     world: Optional[World]  # a mapping iff data.source is world, else null
-    baseline: Baseline; clip: Clip; decoder: Decoder; svm: Svm; caption: Caption; generate: Generate
-    finetune: Finetune; evaluate: Evaluate; tracking: Tracking; compute: Compute
+    baseline: Baseline
+    clip: Clip
+    decoder: Decoder
+    svm: Svm
+    caption: Caption
+    generate: Generate
+    finetune: Finetune
+    evaluate: Evaluate
+    tracking: Tracking
+    compute: Compute
     @model_validator(mode="after")
     def _cross_sections(self):
         source = self.data.source
@@ -266,14 +364,25 @@ def _check_foundation_models(p: Params) -> None:
 
 # ------------------------------------------------------- foundation/params.yaml
 class FoundationCorpus(Section):
-    n_train: _num(int, ge=2); n_heldout: Size  # held-out images, scored only
-    min_size: Fraction; max_size: Fraction; max_noise: NonNegative
+    n_train: _num(int, ge=2)
+    n_heldout: Size  # held-out images, scored only
+    min_size: Fraction
+    max_size: Fraction
+    max_noise: NonNegative
 class FoundationDecoder(DecoderTrain):
-    checkpoint_every: Size; eval_every: Size  # steps between resumable checkpoints / points of the quality curve
+    checkpoint_every: Size
+    eval_every: Size  # steps between resumable checkpoints / points of the quality curve
 class FoundationReport(Section):
-    n_per_shape: Size; num_inference_steps: Size; guidance_scale: NonNegative; batch_size: Size
+    n_per_shape: Size
+    num_inference_steps: Size
+    guidance_scale: NonNegative
+    batch_size: Size
 class FoundationParams(Section):
-    seed: Count; corpus: FoundationCorpus; clip: ClipTrain; decoder: FoundationDecoder; report: FoundationReport
+    seed: Count
+    corpus: FoundationCorpus
+    clip: ClipTrain
+    decoder: FoundationDecoder
+    report: FoundationReport
 
 # ---------------------------------------------------------- pydantic -> ParamsError
 def _short(value) -> str:
