@@ -142,11 +142,10 @@ def import_mlflow():
     return mlflow
 
 
-def open_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, str], root: str | Path | None = None):
+def open_run(uri: str, experiment: str, run_name: str, root: str | Path | None = None):
     """(client, run id) of a new run in ``experiment`` (made, artifacts beside a sqlite store, if new)."""
     import_mlflow()
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+    from mlflow import MlflowClient, MlflowException
     uri = resolve_uri(uri, root)
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
@@ -158,7 +157,7 @@ def open_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, str], 
         except MlflowException:  # another process made it in the meantime
             pass
         found = client.get_experiment_by_name(experiment)
-    return client, client.create_run(found.experiment_id, run_name=run_name, tags=dict(tags)).info.run_id
+    return client, client.create_run(found.experiment_id, run_name=run_name).info.run_id
 
 
 def log_pipeline(params: Mapping, metrics: Mapping[str, Mapping], artifacts: Sequence[str | Path],
@@ -182,11 +181,12 @@ def log_pipeline(params: Mapping, metrics: Mapping[str, Mapping], artifacts: Seq
         flat.update(metric_values(values, prefix=name))
     run_id = None
     try:
-        client, run_id = open_run(uri, experiment, exp_name or f"{revision[:7]}-{digest[:7]}", tags, root)
-        from mlflow.entities import Metric, Param
-        now = int(time.time() * 1000)
+        client, run_id = open_run(uri, experiment, exp_name or f"{revision[:7]}-{digest[:7]}", root)
+        from mlflow.entities import Metric, Param, RunTag
+        now = int(time.time() * 1000)  # log_batch sends them in chunks of MLflow's batch limits
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in flat.items()],
-                         params=[Param(k, v) for k, v in param_strings(params).items()])
+                         params=[Param(k, v) for k, v in param_strings(params).items()],
+                         tags=[RunTag(k, v) for k, v in tags.items()])
         for path in map(Path, artifacts):
             into = path.as_posix() if path.is_dir() else (path.parent.as_posix() if path.parent.parts else None)
             (client.log_artifacts if path.is_dir() else client.log_artifact)(run_id, str(path), into)
