@@ -257,9 +257,10 @@ PROC_GUARD = textwrap.dedent("""
 """)
 
 
-def test_tracking_never_reads_proc(project, tmp_path):
+def test_tracking_never_reads_proc(tmp_path):
     """The track stage, run with an audit hook: no /proc access comes from failmap's code."""
-    toy.set_params(project, tracking__uri="sqlite:///mlflow.db")
+    project = toy.toy_project(tmp_path / "project")
+    toy.run([sys.executable, "-m", "dvc", "repro"], project, tracking=False)  # the files track logs
     (tmp_path / "guard.py").write_text(PROC_GUARD)
     src = Path(tracking.__file__).resolve().parent
     out = toy.run([sys.executable, str(tmp_path / "guard.py"), str(src), str(project / "stages")], project)
