@@ -79,9 +79,6 @@ def main():
         write_hard_captions(f"{CAPTIONS_DIR}/{HARD_CAPTIONS_FILE}", tops)
         write_json(f"{METRICS}/captions.json", metrics)
         write_summary_markdown(f"{CAPTIONS_DIR}/summary.md", rows)
-        run.log_metrics({"planted_in_top3_hard": metrics.get("planted_in_top3_hard", {}).get("fraction")})
-        run.log_artifact(f"{PLOTS}/captions", "captions")
-        run.log_artifact(f"{CAPTIONS_DIR}/summary.md", "captions")
 
 
 if __name__ == "__main__":

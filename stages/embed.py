@@ -31,7 +31,6 @@ def main():
                 with open(tmp, "wb") as f:
                     np.savez(f, embeddings=embedded[name], ids=split.ids)
         write_json(f"{EMBEDDINGS}/space.json", {"space": space, "dim": dim})
-        run.log_metrics({"dim": dim})
 
 
 if __name__ == "__main__":

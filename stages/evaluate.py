@@ -47,9 +47,6 @@ def main():
                 bar_plot({r["arm"]: r["mean"] for r in rows}, {r["arm"]: r["std"] for r in rows},
                          f"{PLOTS}/evaluate/bars/{metric}.png", title=f"{metric} by arm (mean ± std over seeds)",
                          ylabel=metric)
-        run.log_metrics(summary)
-        run.set_tags({"failmap.synthetic_trusted": check["trusted"]})
-        run.log_artifact(f"{PLOTS}/evaluate", "evaluate")
 
 
 if __name__ == "__main__":

@@ -56,8 +56,6 @@ def main():
         for name, is_hard in targets.items():
             has_both = is_hard is not None and 0 < is_hard.sum() < len(is_hard)
             write_plot_data(roc_rows(scores, is_hard) if has_both else [], f"{PLOTS}/svm/{name}.json")
-        run.log_metrics(metrics)
-        run.log_artifact(f"{PLOTS}/svm", "svm")
 
 
 if __name__ == "__main__":

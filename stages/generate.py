@@ -83,9 +83,6 @@ def main():
                    "filter": {"enabled": g.filter, "decoded": decoded,
                               "kept": {s.name: int(len(s)) for s in sets if s is not eval_set}}}
         write_json(f"{METRICS}/generated.json", metrics)
-        run.log_metrics(metrics)
-        run.set_tags({"failmap.synthetic_trusted": check["trusted"]})
-        run.log_artifact(f"{PLOTS}/generate", "generate")
 
 
 if __name__ == "__main__":

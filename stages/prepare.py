@@ -33,8 +33,6 @@ def main():
         train = prepared.splits["train"]
         grid = image_grid(train.images[:64], f"{PLOTS}/prepare/train_examples.png", ncol=8,
                           title=f"{p.data.source}: first 64 train images")
-        run.log_metrics({f"n_{name}": len(s) for name, s in prepared.splits.items()})
-        run.log_artifact(grid, "prepare")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ def main():
             attributes = world_attributes(truth, test.ids, p.world.colours, p.world.contexts)
         metrics["zero_shot_test"] = zero_shot_report(embedder, test.images, test.labels, meta["classes"], attributes)
         write_json(f"{METRICS}/clip.json", metrics)
-        run.log_metrics(metrics)
 
 
 if __name__ == "__main__":

@@ -66,8 +66,6 @@ def main():
                        title="decoded from 'a photo of a {class} {context}', one row per context")
         metrics["quality"] = report
         write_json(f"{METRICS}/decoder.json", metrics)
-        run.log_metrics(metrics)
-        run.log_artifact(f"{PLOTS}/decoder", "decoder")
 
 
 if __name__ == "__main__":

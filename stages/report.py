@@ -14,7 +14,6 @@ def main():
             raise SystemExit(f"report: {error}")
         path = write_report(build_report(inputs), REPORT)
         print(f"report: wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
-        run.log_artifact(path, "report")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ def main():
             metrics[name] = accuracy_report(preds["correct"], split.labels, classes, subpop_mask(truth, split.ids))
         save_classifier(model, BASELINE_MODEL, arch=b.arch, n_classes=len(classes), width=b.width, classes=classes)
         write_json(f"{METRICS}/baseline.json", metrics)
-        run.log_metrics(metrics)
 
 
 if __name__ == "__main__":

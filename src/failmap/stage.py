@@ -1,14 +1,16 @@
 """What every stage script shares: validated params, the paths between
-stages, and the MLflow run of this pipeline execution."""
+stages, and each stage's record of the time and memory it took."""
 from __future__ import annotations
 
 import os
+import resource
 import sys
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
-import torch
-
-from failmap.params import ParamsError, as_dict, load_params
+from failmap.io import write_json
+from failmap.params import ParamsError, load_params
 
 # Paths between stages, in one place (dvc.yaml names the same ones).
 PREPARED = "data/prepared"
@@ -23,22 +25,65 @@ GENERATED = "data/generated"
 FINETUNED = "data/finetune"
 METRICS = "metrics"
 PLOTS = "plots"
+# One JSON per stage (<stage>.json, a cache: false metric of that stage in
+# dvc.yaml): wall time and peak memory, read by the track stage. They differ
+# from run to run, so the gate's snapshots leave this folder out.
+RESOURCES = f"{METRICS}/resources"
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """Where a stage's resources go, and when its work began (perf_counter)."""
+    name: str
+    path: str
+    started: float
+
+
+def stage_params(name: str, params_path: str = "params.yaml"):
+    """The validated params, or exit 2 with the problem (key, value, expected) on stderr."""
+    try:
+        return load_params(params_path)
+    except ParamsError as error:
+        print(f"{name}: {error}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def peak_cuda_mb() -> float | None:
+    """Peak CUDA memory torch allocated in this process (MiB), or None if CUDA was not used
+    (a stage that never touched CUDA is not made to initialise it just to read a zero)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return max(torch.cuda.max_memory_allocated(d) for d in range(torch.cuda.device_count())) / 2**20
+
+
+def resources(record: StageRecord) -> dict[str, float]:
+    """``wall_s`` (the stage's work, after params validation), ``peak_rss_mb`` and, when
+    CUDA was used, ``cuda_peak_mb``."""
+    used = {"wall_s": time.perf_counter() - record.started, "peak_rss_mb": peak_rss_mb()}
+    cuda = peak_cuda_mb()
+    return used if cuda is None else {**used, "cuda_peak_mb": cuda}
 
 
 @contextmanager
 def run_stage(name: str, params_path: str = "params.yaml"):
-    """Validate params before any work, then open the tracking run.
+    """Validate params before any work, then run the stage's body.
 
-    Yields (params, run). Threads follow OMP_NUM_THREADS when set (tests and
-    CI pin it to 1: tiny models on a busy 2-core machine are far slower with two).
+    Yields (params, StageRecord). When the body succeeds, its wall time and peak
+    memory are written to ``metrics/resources/<name>.json``; a failed stage writes
+    nothing. Threads follow OMP_NUM_THREADS when set (tests and CI pin it to 1:
+    tiny models on a busy 2-core machine are far slower with two).
     """
-    try:
-        params = load_params(params_path)
-    except ParamsError as error:
-        print(f"{name}: {error}", file=sys.stderr)
-        raise SystemExit(2)
+    params = stage_params(name, params_path)
     if os.environ.get("OMP_NUM_THREADS"):
+        import torch
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    from failmap.tracking import track_stage  # mlflow import is slow; only after params are valid
-    with track_stage(name, as_dict(params), params.tracking.uri, params.tracking.experiment) as run:
-        yield params, run
+    record = StageRecord(name, f"{RESOURCES}/{name}.json", time.perf_counter())
+    yield params, record
+    write_json(record.path, resources(record))
