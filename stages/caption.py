@@ -21,7 +21,7 @@ GRID = 16  # hardest / easiest test images shown per class
 
 
 def main():
-    with run_stage("caption") as (p, run):
+    with run_stage("caption") as p:
         c, cap = p.clip, p.caption
         meta = load_meta(PREPARED)
         classes = meta["classes"]

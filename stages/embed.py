@@ -15,7 +15,7 @@ from failmap.stage import CLIP_DIR, EMBEDDINGS, PREPARED, run_stage
 
 
 def main():
-    with run_stage("embed") as (p, run):
+    with run_stage("embed") as p:
         c = p.clip
         # absolute: a Ray worker need not start in this folder (a cluster must see the same path)
         pretrained = str(Path(c.pretrained).resolve()) if Path(c.pretrained).is_file() else c.pretrained

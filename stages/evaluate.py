@@ -16,7 +16,7 @@ from failmap.stage import FINETUNED, METRICS, PLOTS, PREPARED, SVM_DIR, run_stag
 
 
 def main():
-    with run_stage("evaluate") as (p, run):
+    with run_stage("evaluate") as p:
         meta, truth = load_meta(PREPARED), load_ground_truth(PREPARED)
         test = load_split(PREPARED, "test")
         with np.load(f"{SVM_DIR}/decisions.npz") as z:

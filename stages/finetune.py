@@ -28,7 +28,7 @@ def extra_data(arm, seed, p, pool, pool_decision, pool_confidence):
 
 
 def main():
-    with run_stage("finetune") as (p, run):
+    with run_stage("finetune") as p:
         f = p.finetune
         meta = load_meta(PREPARED)
         device = resolve_device(p.baseline.device)

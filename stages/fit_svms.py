@@ -14,7 +14,7 @@ from failmap.svm import ClassSVM, decision_values, fit_all, save_svms
 
 
 def main():
-    with run_stage("fit_svms") as (p, run):
+    with run_stage("fit_svms") as p:
         meta, truth = load_meta(PREPARED), load_ground_truth(PREPARED)
         classes = meta["classes"]
         pred = {s: load_predictions(f"{BASELINE_PREDICTIONS}/{s}.csv") for s in ("train", "val", "test", "pool")

@@ -26,7 +26,7 @@ from failmap.stage import BASELINE_MODEL, GENERATED, METRICS, PLOTS, PREPARED, r
 
 
 def main():
-    with run_stage("generate") as (p, run):
+    with run_stage("generate") as p:
         g = p.generate
         meta = load_meta(PREPARED)
         classes = meta["classes"]

@@ -27,7 +27,7 @@ def build(p):
 
 
 def main():
-    with run_stage("prepare") as (p, run):
+    with run_stage("prepare") as p:
         prepared = build(p)
         write_prepared(PREPARED, prepared)
         train = prepared.splits["train"]

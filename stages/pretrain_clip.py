@@ -18,7 +18,7 @@ from failmap.stage import CLIP_DIR, METRICS, PREPARED, run_stage
 
 
 def main():
-    with run_stage("pretrain_clip") as (p, run):
+    with run_stage("pretrain_clip") as p:
         meta = load_meta(PREPARED)
         if p.clip.source == "open_clip":
             write_json(f"{CLIP_DIR}/external.json", {"source": p.clip.source, "arch": p.clip.arch,

@@ -24,7 +24,7 @@ N_PER_CLASS = 16  # decoded class-prompt images per class for the quality report
 
 
 def main():
-    with run_stage("pretrain_decoder") as (p, run):
+    with run_stage("pretrain_decoder") as p:
         c, d = p.clip, p.decoder
         meta = load_meta(PREPARED)
         if d.source == "unclip":

@@ -7,7 +7,7 @@ from failmap.stage import run_stage
 
 
 def main():
-    with run_stage("report") as (_, run):
+    with run_stage("report"):
         try:
             inputs = load_report_inputs(".")
         except MissingInputError as error:

@@ -11,7 +11,7 @@ from failmap.train import fit, predictions
 
 
 def main():
-    with run_stage("train_baseline") as (p, run):
+    with run_stage("train_baseline") as p:
         b = p.baseline
         meta, truth = load_meta(PREPARED), load_ground_truth(PREPARED)
         classes = meta["classes"]

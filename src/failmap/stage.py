@@ -7,7 +7,6 @@ import resource
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from failmap.io import write_json
 from failmap.params import ParamsError, load_params
@@ -29,14 +28,6 @@ PLOTS = "plots"
 # dvc.yaml): wall time and peak memory, read by the track stage. They differ
 # from run to run, so the gate's snapshots leave this folder out.
 RESOURCES = f"{METRICS}/resources"
-
-
-@dataclass(frozen=True)
-class StageRecord:
-    """Where a stage's resources go, and when its work began (perf_counter)."""
-    name: str
-    path: str
-    started: float
 
 
 def stage_params(name: str, params_path: str = "params.yaml"):
@@ -63,10 +54,10 @@ def peak_cuda_mb() -> float | None:
     return max(torch.cuda.max_memory_allocated(d) for d in range(torch.cuda.device_count())) / 2**20
 
 
-def resources(record: StageRecord) -> dict[str, float]:
-    """``wall_s`` (the stage's work, after params validation), ``peak_rss_mb`` and, when
-    CUDA was used, ``cuda_peak_mb``."""
-    used = {"wall_s": time.perf_counter() - record.started, "peak_rss_mb": peak_rss_mb()}
+def resources(started: float) -> dict[str, float]:
+    """``wall_s`` (the stage's work since ``started``, a perf_counter after params validation),
+    ``peak_rss_mb`` and, when CUDA was used, ``cuda_peak_mb``."""
+    used = {"wall_s": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}
     cuda = peak_cuda_mb()
     return used if cuda is None else {**used, "cuda_peak_mb": cuda}
 
@@ -75,7 +66,7 @@ def resources(record: StageRecord) -> dict[str, float]:
 def run_stage(name: str, params_path: str = "params.yaml"):
     """Validate params before any work, then run the stage's body.
 
-    Yields (params, StageRecord). When the body succeeds, its wall time and peak
+    Yields the params. When the body succeeds, its wall time and peak
     memory are written to ``metrics/resources/<name>.json``; a failed stage writes
     nothing. Threads follow OMP_NUM_THREADS when set (tests and CI pin it to 1:
     tiny models on a busy 2-core machine are far slower with two).
@@ -84,6 +75,6 @@ def run_stage(name: str, params_path: str = "params.yaml"):
     if os.environ.get("OMP_NUM_THREADS"):
         import torch
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    record = StageRecord(name, f"{RESOURCES}/{name}.json", time.perf_counter())
-    yield params, record
-    write_json(record.path, resources(record))
+    started = time.perf_counter()
+    yield params
+    write_json(f"{RESOURCES}/{name}.json", resources(started))
