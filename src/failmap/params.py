@@ -168,6 +168,13 @@ class Svm:
 
 
 @dataclass(frozen=True)
+class Modes:
+    max_modes: int = _p(3, ge=1)
+    min_mode_errors: int = _p(5, ge=1)
+    min_silhouette: float = _p(0.25, ge=-1, le=1)
+
+
+@dataclass(frozen=True)
 class Caption:
     template: str = _p("a photo of a {adjective} {noun} {context}", min_len=1)
     adjectives: Optional[list[str]] = _p(None, min_len=1, unique=True)
@@ -231,6 +238,7 @@ class Params:
     clip: Clip = _section(Clip)
     decoder: Decoder = _section(Decoder)
     svm: Svm = _section(Svm)
+    modes: Modes = _section(Modes)
     caption: Caption = _section(Caption)
     generate: Generate = _section(Generate)
     finetune: Finetune = _section(Finetune)
