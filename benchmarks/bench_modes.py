@@ -21,8 +21,8 @@ embeddings and predictions are the pipeline's own.
   (8x8, upscaled), grouped into superclasses; one member digit of each
   superclass is rare in train (``DIGITS_RARE_KEEP`` of its images), the
   failing sub-type and the ground truth. Every source image lands in exactly
-  one split; each is written ``DIGITS_COPIES`` times with a small random
-  shift. Captions ("a photo of the digit seven") of train and pool images make
+  one split; each is written ``DIGITS_COPIES`` times, upscaled and placed
+  at a random offset. Captions ("a photo of the digit seven") of train and pool images make
   the corpus on which ``clip.source: corpus`` trains the CLIP.
 
 ``score`` reads each data folder (``prepared``, ``baseline``, ``embeddings``),
@@ -73,8 +73,8 @@ DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "e
 DIGITS_SPLIT_SHARES = {"train": 0.4, "val": 0.2, "test": 0.2, "pool": 0.2}
 DIGITS_RARE_KEEP = 0.05  # share of the rare member's train images that stay in train
 DIGITS_COPIES = 3        # shifted copies written of each source image
-DIGITS_SIDE = 32         # pixels of the written image (nearest-neighbour upscale of 8x8)
-DIGITS_MAX_SHIFT = 3     # pixels of random shift at DIGITS_SIDE
+DIGITS_SIDE = 32         # pixels of the written image
+DIGITS_SCALE = 3         # the 8x8 digit is upscaled (nearest neighbour) by this, then placed at a random offset
 
 
 # ---------------------------------------------------------------------- build
@@ -92,7 +92,7 @@ def write_digits_folder(dest: Path, seed: int) -> dict:
     bounds = np.cumsum([0] + [int(round(s * len(order))) for s in DIGITS_SPLIT_SHARES.values()])
     bounds[-1] = len(order)
     rows, counts = [], {}
-    scale = DIGITS_SIDE // 8
+    drawn = 8 * DIGITS_SCALE
     for split, lo, hi in zip(DIGITS_SPLIT_SHARES, bounds[:-1], bounds[1:]):
         for i in order[lo:hi]:
             digit = int(digits.target[i])
@@ -100,10 +100,11 @@ def write_digits_folder(dest: Path, seed: int) -> dict:
             is_rare = digit == rare[superclass]
             if split == "train" and is_rare and rng.random() >= DIGITS_RARE_KEEP:
                 continue
-            base = (digits.images[i] / 16.0 * 255).astype(np.uint8).repeat(scale, 0).repeat(scale, 1)
+            base = (digits.images[i] / 16.0 * 255).astype(np.uint8).repeat(DIGITS_SCALE, 0).repeat(DIGITS_SCALE, 1)
             for copy in range(DIGITS_COPIES):
-                dy, dx = rng.integers(-DIGITS_MAX_SHIFT, DIGITS_MAX_SHIFT + 1, 2)
-                img = np.roll(np.roll(base, dy, 0), dx, 1)
+                dy, dx = rng.integers(0, DIGITS_SIDE - drawn + 1, 2)
+                img = np.zeros((DIGITS_SIDE, DIGITS_SIDE), np.uint8)
+                img[dy:dy + drawn, dx:dx + drawn] = base
                 image_id = f"{split}/{superclass}/{i:04d}_{copy}.png"
                 path = dest / DIGITS_ROOT / image_id
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,8 +204,10 @@ def run_domino(python: str, ds: dict, classes: list[int], seed: int) -> dict[str
         np.savez(tmp / "in.npz", **arrays)
         (tmp / "runner.py").write_text(DOMINO_RUNNER)
         for method, w in DOMINO_WEIGHTS.items():
-            subprocess.run([python, str(tmp / "runner.py"), str(tmp / "in.npz"), str(tmp / f"{method}.npz"),
-                            str(w), str(seed)], check=True)
+            done = subprocess.run([python, str(tmp / "runner.py"), str(tmp / "in.npz"),
+                                   str(tmp / f"{method}.npz"), str(w), str(seed)], capture_output=True, text=True)
+            if done.returncode != 0:  # its progress bars are noise; its traceback is not
+                raise SystemExit(f"Domino ({python}, w={w}) failed:\n{done.stderr[-4000:]}")
             with np.load(tmp / f"{method}.npz") as z:
                 out[method] = {k: z[f"c_{k}"] for k in classes}
     return out

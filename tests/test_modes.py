@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from failmap.modes import ClassModes, Mode, fit_all_modes, fit_class_modes, mode_scores
+from failmap.modes import (ClassModes, Mode, fit_all_modes, fit_class_modes, load_modes, mode_scores,
+                           save_modes)
 from failmap.svm import ClassSVM, Preprocessor, Skip, fit_class_svm
 
 DIM = 16
@@ -161,3 +162,20 @@ def test_mode_is_usable_where_a_class_svm_is(fitted):
     for attr in ("direction", "direction_raw", "decision_function", "preprocessor"):
         assert hasattr(svm, attr) and hasattr(modes.modes[0], attr)
     assert isinstance(modes.modes[0], Mode)
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    pre, modes, _, X_test, _, _ = fitted
+    results = {0: modes, 1: Skip(reason="too few", n_val=10, n_errors=1)}
+    save_modes(tmp_path / "m.npz", tmp_path / "m.json", pre, results, ["a", "b"], MODES["max_modes"])
+    first = (tmp_path / "m.npz").read_bytes()
+    save_modes(tmp_path / "m.npz", tmp_path / "m.json", pre, results, ["a", "b"], MODES["max_modes"])
+    assert (tmp_path / "m.npz").read_bytes() == first  # identical bytes for identical results (DVC)
+    loaded, names = load_modes(tmp_path / "m.npz")
+    assert names == ["a", "b"] and isinstance(loaded[1], Skip) and loaded[1].reason == "too few"
+    assert [m.share for m in loaded[0].modes] == [m.share for m in modes.modes]
+    for a, b in zip(loaded[0].modes, modes.modes):
+        assert np.allclose(a.score(X_test), b.score(X_test))
+        assert np.allclose(a.direction_raw, b.direction_raw)
+    with pytest.raises(FileNotFoundError, match="fit_svms"):
+        load_modes(tmp_path / "absent.npz")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -41,7 +42,9 @@ from sklearn.covariance import LedoitWolf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import silhouette_score
 
-from failmap.svm import Preprocessor, Skip, _as_matrix, _unit
+from failmap.io import write_json
+from failmap.ranking import to_jsonable
+from failmap.svm import Preprocessor, Skip, _as_matrix, _unit, _write_npz
 
 # k-means restarts per k: the best of these (lowest inertia) is kept.
 KMEANS_RESTARTS = 10
@@ -222,3 +225,68 @@ def mode_scores(results: dict[int, ClassModes | Skip], X_raw, labels, max_modes:
             for j, mode in enumerate(fitted.modes):
                 out[mask, j] = mode.score(X[mask])
     return out
+
+
+# ---------------------------------------------------------------- save / load
+
+def save_modes(npz_path: str | Path, json_path: str | Path, preprocessor: Preprocessor,
+               results: dict[int, ClassModes | Skip], class_names: Sequence[str], max_modes: int) -> None:
+    """Every class's modes in one npz (mode j of class k at [k, j], largest share
+    first; ``n_modes[k]`` of them are real), a human-readable JSON summary beside it."""
+    n_classes, dim = len(class_names), preprocessor.dim
+    if sorted(results) != list(range(n_classes)):
+        raise ValueError(f"results must have one entry per class 0..{n_classes - 1}, got keys {sorted(results)}")
+    arrays = dict(
+        mean=preprocessor.mean, std=preprocessor.std, class_names=np.asarray(list(class_names), dtype=str),
+        n_modes=np.zeros(n_classes, np.int64), weight=np.zeros((n_classes, max_modes, dim)),
+        direction=np.zeros((n_classes, max_modes, dim)), direction_raw=np.zeros((n_classes, max_modes, dim)),
+        center=np.zeros((n_classes, dim)), mode_errors=np.zeros((n_classes, max_modes), np.int64),
+        share=np.zeros((n_classes, max_modes)), silhouette=np.full(n_classes, np.nan),
+        n_val=np.zeros(n_classes, np.int64), n_errors=np.zeros(n_classes, np.int64),
+        skip_reason=np.asarray([""] * n_classes, dtype=object),
+    )
+    summary = {"dim": dim, "max_modes": max_modes, "classes": {}}
+    for k, name in enumerate(class_names):
+        r = results[k]
+        arrays["n_val"][k], arrays["n_errors"][k] = r.n_val, r.n_errors
+        if isinstance(r, Skip):
+            arrays["skip_reason"][k] = r.reason
+            summary["classes"][name] = {"fitted": False, "skip_reason": r.reason, "n_val": r.n_val,
+                                        "n_errors": r.n_errors}
+            continue
+        if len(r.modes) > max_modes:
+            raise ValueError(f"class '{name}' has {len(r.modes)} modes, more than max_modes={max_modes}")
+        arrays["n_modes"][k], arrays["silhouette"][k] = len(r.modes), r.silhouette
+        arrays["center"][k] = r.modes[0].center
+        for j, mode in enumerate(r.modes):
+            arrays["weight"][k, j], arrays["direction"][k, j] = mode.weight, mode.direction
+            arrays["direction_raw"][k, j] = mode.direction_raw
+            arrays["mode_errors"][k, j], arrays["share"][k, j] = mode.n_errors, mode.share
+        summary["classes"][name] = {"fitted": True, "n_val": r.n_val, "n_errors": r.n_errors,
+                                    "silhouette": None if np.isnan(r.silhouette) else r.silhouette,
+                                    "modes": [{"n_errors": m.n_errors, "share": m.share} for m in r.modes]}
+    arrays["skip_reason"] = arrays["skip_reason"].astype(str)
+    summary["n_fitted"] = int((arrays["n_modes"] > 0).sum())
+    _write_npz(npz_path, arrays)
+    write_json(json_path, to_jsonable(summary))
+
+
+def load_modes(npz_path: str | Path) -> tuple[dict[int, ClassModes | Skip], list[str]]:
+    """Inverse of ``save_modes``: (modes by class index, class names)."""
+    npz_path = Path(npz_path)
+    if not npz_path.exists():
+        raise FileNotFoundError(f"{npz_path} not found (has the fit_svms stage run?)")
+    with np.load(npz_path, allow_pickle=False) as z:
+        a = {name: z[name] for name in z.files}
+    preprocessor = Preprocessor(mean=a["mean"], std=a["std"])
+    results: dict[int, ClassModes | Skip] = {}
+    for k in range(len(a["class_names"])):
+        n_val, n_errors = int(a["n_val"][k]), int(a["n_errors"][k])
+        if a["n_modes"][k] == 0:
+            results[k] = Skip(reason=str(a["skip_reason"][k]), n_val=n_val, n_errors=n_errors)
+            continue
+        modes = [Mode(weight=a["weight"][k, j].copy(), center=a["center"][k].copy(), preprocessor=preprocessor,
+                      n_errors=int(a["mode_errors"][k, j]), share=float(a["share"][k, j]))
+                 for j in range(int(a["n_modes"][k]))]
+        results[k] = ClassModes(modes=modes, n_val=n_val, n_errors=n_errors, silhouette=float(a["silhouette"][k]))
+    return results, [str(n) for n in a["class_names"]]
