@@ -215,9 +215,8 @@ def run_domino(python: str, ds: dict, classes: list[int], seed: int) -> dict[str
 
 def score_dataset(name: str, data_dir: Path, params: dict, domino_python: str | None, seed: int) -> dict:
     """Per class AP of the planted subpopulation on test for every method, and their means."""
-    from sklearn.metrics import average_precision_score
-
     from failmap.modes import ClassModes, fit_all_modes, mode_scores
+    from failmap.ranking import average_precision, expected_random_ap
     from failmap.svm import ClassSVM, decision_values, fit_all
 
     ds = load_dataset(data_dir)
@@ -244,20 +243,19 @@ def score_dataset(name: str, data_dir: Path, params: dict, domino_python: str | 
         start = time.time()
         domino = run_domino(domino_python, ds, classes, seed)
         timings["domino_s"] = time.time() - start
-    rng = np.random.default_rng([seed, 15])
     rows = {}
     for k in classes:
         t = test["label"] == k
         y = subpop[t]
-        ap = lambda s: float(average_precision_score(y, s))  # noqa: E731
         fitted = modes[k]
-        row = {"svm": ap(-svm_test[t]),
-               "modes_best": max(ap(modes_test[t, j]) for j in range(len(fitted.modes))),
-               "modes_top": ap(modes_test[t, 0]),
-               "confidence": ap(-test["confidence"][t]),
-               "random": ap(rng.random(int(t.sum())))}
-        for method, memberships in domino.items():
-            row[method] = max(ap(memberships[k][:, j]) for j in range(memberships[k].shape[1]))
+        # every score here is "hardest = lowest", the project's AP convention (failmap.ranking)
+        row = {"svm": average_precision(svm_test[t], y),
+               "modes_best": max(average_precision(-modes_test[t, j], y) for j in range(len(fitted.modes))),
+               "modes_top": average_precision(-modes_test[t, 0], y),
+               "confidence": average_precision(test["confidence"][t], y),
+               "random": expected_random_ap(len(y), int(y.sum()))}
+        for method, memberships in domino.items():  # dcbench: the subpopulation's best slice
+            row[method] = max(average_precision(-memberships[k][:, j], y) for j in range(memberships[k].shape[1]))
         row["n_modes"] = len(fitted.modes)
         row["shares"] = [round(m.share, 3) for m in fitted.modes]
         row["n_val_errors"] = fitted.n_errors

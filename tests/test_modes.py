@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from failmap.modes import (ClassModes, Mode, fit_all_modes, fit_class_modes, load_modes, mode_scores,
-                           save_modes)
+                           modes_report, save_modes)
 from failmap.svm import ClassSVM, Preprocessor, Skip, fit_class_svm
 
 DIM = 16
@@ -179,3 +179,17 @@ def test_save_load_round_trip(fitted, tmp_path):
         assert np.allclose(a.direction_raw, b.direction_raw)
     with pytest.raises(FileNotFoundError, match="fit_svms"):
         load_modes(tmp_path / "absent.npz")
+
+
+def test_modes_report(fitted):
+    _, modes, _, X_test, members, _ = fitted
+    scores = np.stack([m.score(X_test) for m in modes.modes], axis=1)
+    report = modes_report(modes, scores, members["a"])
+    n = len(modes.modes)
+    assert report["n_modes"] == n and [report[f"mode_{j}"]["share"] for j in range(n)] == \
+        [m.share for m in modes.modes]
+    best = max(average_precision_score(members["a"], scores[:, j]) for j in range(n))
+    assert np.isclose(report["best_subpop_ap"], best)
+    assert "best_subpop_ap" not in modes_report(modes, scores)  # no ground truth: shares only
+    with pytest.raises(ValueError, match="mode scores"):
+        modes_report(modes, scores[:, :1] if n > 1 else scores[:, :0])

@@ -43,7 +43,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import silhouette_score
 
 from failmap.io import write_json
-from failmap.ranking import to_jsonable
+from failmap.ranking import average_precision, to_jsonable
 from failmap.svm import Preprocessor, Skip, _as_matrix, _unit, _write_npz
 
 # k-means restarts per k: the best of these (lowest inertia) is kept.
@@ -225,6 +225,30 @@ def mode_scores(results: dict[int, ClassModes | Skip], X_raw, labels, max_modes:
             for j, mode in enumerate(fitted.modes):
                 out[mask, j] = mode.score(X[mask])
     return out
+
+
+def modes_report(fitted: ClassModes, test_scores, in_subpop=None) -> dict:
+    """One class's modes for the metrics file: per mode (``mode_0`` = the largest)
+    its share and count of the class's val errors and, with ground truth
+    (``in_subpop`` for the class's test rows), the AP of the subpopulation on
+    test; ``best_subpop_ap`` matches the subpopulation with its best mode (dcbench)."""
+    scores = np.asarray(test_scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] < len(fitted.modes):
+        raise ValueError(f"test_scores must be (N, >= {len(fitted.modes)}) mode scores, got shape {scores.shape}")
+    report = {"n_modes": len(fitted.modes), "n_val_errors": fitted.n_errors,
+              "silhouette": None if np.isnan(fitted.silhouette) else fitted.silhouette}
+    aps = []
+    for j, mode in enumerate(fitted.modes):
+        entry = {"share": mode.share, "n_errors": mode.n_errors}
+        if in_subpop is not None:
+            # hardest = lowest, as for the SVM: minus the score is the mode's decision value
+            entry["subpop_ap"] = average_precision(-scores[:, j], in_subpop)
+            aps.append(entry["subpop_ap"])
+        report[f"mode_{j}"] = entry
+    if in_subpop is not None:
+        finite = [a for a in aps if np.isfinite(a)]
+        report["best_subpop_ap"] = max(finite) if finite else float("nan")
+    return report
 
 
 # ---------------------------------------------------------------- save / load
