@@ -64,6 +64,7 @@ DIGITS_CAPTIONS = "data/raw/digits_captions.csv"
 DIGITS = {
     "data": {"source": "imagefolder", "root": DIGITS_ROOT, "captions_file": DIGITS_CAPTIONS},
     "clip": {"source": "corpus", "train": {"steps": 600}},
+    "decoder": {"source": "corpus"},  # not run up to fit_svms; the shipped world decoder is refused here
 }
 OVERRIDES = {"two_cause": TWO_CAUSE, "digits": DIGITS}
 
