@@ -32,11 +32,11 @@ def main():
         save_modes(f"{SVM_DIR}/modes.npz", f"{SVM_DIR}/modes.json", pre, modes, classes, p.modes.max_modes)
         decisions = {s: decision_values(svms, X[s], pred[s]["label"]) for s in ("test", "pool") if s in pred}
         # (N, modes.max_modes) per split: the score of each row under each mode of its class, NaN where none
-        scores = {s: mode_scores(modes, X[s], pred[s]["label"], p.modes.max_modes) for s in decisions}
+        by_mode = {s: mode_scores(modes, X[s], pred[s]["label"], p.modes.max_modes) for s in decisions}
         with atomic_path(f"{SVM_DIR}/decisions.npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **{f"{s}_decision": d for s, d in decisions.items()},
-                         **{f"{s}_mode_scores": m for s, m in scores.items()},
+                         **{f"{s}_mode_scores": m for s, m in by_mode.items()},
                          **{f"{s}_ids": pred[s]["id"] for s in decisions})
 
         in_subpop = subpop_mask(truth, test["id"])
@@ -63,7 +63,7 @@ def main():
                 modes_skipped[name] = modes[k].reason
                 continue
             t = test["label"] == k
-            modes_per_class[name] = modes_report(modes[k], scores["test"][t],
+            modes_per_class[name] = modes_report(modes[k], by_mode["test"][t],
                                                  None if in_subpop is None else in_subpop[t])
         modes_metrics = to_jsonable({"per_class": modes_per_class, "mean": mean_over_classes(modes_per_class),
                                      "n_classes_fitted": len(modes_per_class), "skipped": modes_skipped})
