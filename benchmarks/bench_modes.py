@@ -120,7 +120,7 @@ def write_digits_folder(dest: Path, seed: int) -> dict:
     return {"rare": {k: DIGIT_WORDS[v] for k, v in rare.items()}, "counts": counts}
 
 
-def build(name: str, dest: Path) -> None:
+def build(name: str, dest: Path, seed: int | None = None) -> None:
     if name not in OVERRIDES:
         raise SystemExit(f"unknown dataset '{name}'; known: {sorted(OVERRIDES)}")
     if dest.exists():
@@ -135,6 +135,8 @@ def build(name: str, dest: Path) -> None:
             (dest / item).parent.mkdir(parents=True, exist_ok=True)
             (dest / item).write_bytes(src.read_bytes())
     params = smoke.merge(yaml.safe_load((REPO / "params.yaml").read_text()), OVERRIDES[name])
+    if seed is not None:
+        params["seed"] = seed
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if name == "digits":
         print(json.dumps(write_digits_folder(dest, params["seed"])), flush=True)
@@ -286,6 +288,7 @@ def main(argv=None):
     b = sub.add_parser("build", help="a pipeline copy of one dataset, reproduced up to fit_svms")
     b.add_argument("name", choices=sorted(OVERRIDES))
     b.add_argument("dest", type=Path)
+    b.add_argument("--seed", type=int, help="the master seed of the copy (default: params.yaml's)")
     sc = sub.add_parser("score", help="AP of the planted subpopulation per method, side by side")
     sc.add_argument("datasets", nargs="+", metavar="NAME=DATA_DIR",
                     help="a name and a pipeline data folder (with prepared/, baseline/, embeddings/)")
@@ -295,7 +298,7 @@ def main(argv=None):
     sc.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.command == "build":
-        build(args.name, args.dest)
+        build(args.name, args.dest, args.seed)
         return
     params = yaml.safe_load(args.params.read_text())
     results = []

@@ -159,9 +159,13 @@ def test_bad_input_named():
 def test_mode_is_usable_where_a_class_svm_is(fitted):
     """The attributes captioning and decoding read from a ClassSVM exist on a Mode."""
     _, modes, svm, _, _, _ = fitted
-    for attr in ("direction", "direction_raw", "decision_function", "preprocessor"):
+    for attr in ("direction", "direction_raw", "decision_function", "decision_function_preprocessed", "weight",
+                 "preprocessor"):
         assert hasattr(svm, attr) and hasattr(modes.modes[0], attr)
-    assert isinstance(modes.modes[0], Mode)
+    mode = modes.modes[0]
+    assert isinstance(mode, Mode)
+    z = mode.preprocessor.transform(np.eye(DIM))
+    assert np.allclose(mode.decision_function_preprocessed(z), -mode.score_preprocessed(z))
 
 
 def test_save_load_round_trip(fitted, tmp_path):

@@ -85,6 +85,11 @@ class Mode:
         """How much each raw embedding (N, D) looks like this mode (higher = more), (N,)."""
         return self.score_preprocessed(self.preprocessor.transform(X_raw))
 
+    def decision_function_preprocessed(self, Z) -> np.ndarray:
+        """Minus the score of preprocessed rows, as ``ClassSVM.decision_function_preprocessed``
+        (what caption scoring calls on its preprocessed text-embedding differences)."""
+        return -self.score_preprocessed(Z)
+
     def decision_function(self, X_raw) -> np.ndarray:
         """Minus the score: negative = hard, as for ``ClassSVM.decision_function``."""
         return -self.score(X_raw)
