@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -129,7 +130,6 @@ def build(name: str, dest: Path, seed: int | None = None) -> None:
     for item in smoke.COPIED:
         src = REPO / item
         if src.is_dir():
-            import shutil
             shutil.copytree(src, dest / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         elif src.exists():
             (dest / item).parent.mkdir(parents=True, exist_ok=True)
