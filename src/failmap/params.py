@@ -227,6 +227,10 @@ class Svm(Section):
     max_iter: Size
     min_errors: Size
 
+class Modes(Section):
+    max_modes: Size
+    min_mode_errors: Size
+    min_silhouette: _num(float, ge=-1, le=1)
 class Caption(Section):
     template: Text
     adjectives: Optional[_list(Text, unique=True)]
@@ -306,6 +310,7 @@ class Params(Section):
     clip: Clip
     decoder: Decoder
     svm: Svm
+    modes: Modes
     caption: Caption
     generate: Generate
     finetune: Finetune

@@ -1,0 +1,319 @@
+"""Several failure modes per class (failmap.modes) against one SVM direction,
+confidence, random and Domino, on the same embeddings and predictions.
+
+    python benchmarks/bench_modes.py build two_cause /tmp/modes-two_cause   # pipeline copy, dvc repro fit_svms
+    python benchmarks/bench_modes.py build digits /tmp/modes-digits
+    python benchmarks/bench_modes.py score default=data two_cause=/tmp/modes-two_cause/data \\
+        digits=/tmp/modes-digits/data [--domino /work/venv-domino/bin/python]
+
+``build`` makes a temporary copy of the repository (the files the tiny
+end-to-end test copies, ``failmap.smoke.COPIED``) with the dataset's overrides
+laid over ``params.yaml`` and reproduces the pipeline up to ``fit_svms``
+(prepare -> train_baseline -> pretrain_clip -> embed -> fit_svms): the
+embeddings and predictions are the pipeline's own.
+
+- ``two_cause``: the procedural world whose classes come in confusable shape
+  pairs (square / diamond, circle / moon, star / cross) and whose planted
+  attribute is a colour: each class's errors have two causes, the shape it
+  is confused with and its planted colour (its confuser, the next class,
+  carries that colour in train).
+- ``digits``: a real-pixel image folder from scikit-learn's handwritten digits
+  (8x8, upscaled), grouped into superclasses; one member digit of each
+  superclass is rare in train (``DIGITS_RARE_KEEP`` of its images), the
+  failing sub-type and the ground truth. Every source image lands in exactly
+  one split; each is written ``DIGITS_COPIES`` times, upscaled and placed
+  at a random offset. Captions ("a photo of the digit seven") of train and pool images make
+  the corpus on which ``clip.source: corpus`` trains the CLIP.
+
+``score`` reads each data folder (``prepared``, ``baseline``, ``embeddings``),
+fits every method on val and scores test: per class with ground truth, the
+average precision of the planted subpopulation (dcbench's matching: a method
+with several slices or modes gets its best one per class). Domino runs in its
+own Python 3.9 venv (``/work/shared/PEERS.md``) as a subprocess on .npz files.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from failmap import smoke  # noqa: E402
+
+SEED = 0
+
+# Overrides laid over params.yaml for each built dataset; sizes keep each
+# build to a few minutes of one CPU core.
+TWO_CAUSE = {
+    "world": {"classes": ["square", "diamond", "circle", "moon", "star", "cross"],
+              "planted_attribute": "colour"},
+}
+DIGITS_ROOT = "data/raw/digits"
+DIGITS_CAPTIONS = "data/raw/digits_captions.csv"
+DIGITS = {
+    "data": {"source": "imagefolder", "root": DIGITS_ROOT, "captions_file": DIGITS_CAPTIONS},
+    "clip": {"source": "corpus", "train": {"steps": 600}},
+    "decoder": {"source": "corpus"},  # not run up to fit_svms; the shipped world decoder is refused here
+}
+OVERRIDES = {"two_cause": TWO_CAUSE, "digits": DIGITS}
+
+# Superclasses of the digits folder: name -> member digits.
+DIGIT_SUPERCLASSES = {"low": [0, 1, 2], "middle": [3, 4, 5], "high": [6, 7, 8, 9]}
+DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+DIGITS_SPLIT_SHARES = {"train": 0.4, "val": 0.2, "test": 0.2, "pool": 0.2}
+DIGITS_RARE_KEEP = 0.05  # share of the rare member's train images that stay in train
+DIGITS_COPIES = 3        # shifted copies written of each source image
+DIGITS_SIDE = 32         # pixels of the written image
+DIGITS_SCALE = 3         # the 8x8 digit is upscaled (nearest neighbour) by this, then placed at a random offset
+
+
+# ---------------------------------------------------------------------- build
+
+def write_digits_folder(dest: Path, seed: int) -> dict:
+    """The digits image folder and its captions CSV under ``dest``; returns what was made."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng([seed, 15])
+    superclass_of = {d: name for name, members in DIGIT_SUPERCLASSES.items() for d in members}
+    rare = {name: int(rng.choice(members)) for name, members in DIGIT_SUPERCLASSES.items()}
+    order = rng.permutation(len(digits.target))
+    bounds = np.cumsum([0] + [int(round(s * len(order))) for s in DIGITS_SPLIT_SHARES.values()])
+    bounds[-1] = len(order)
+    rows, counts = [], {}
+    drawn = 8 * DIGITS_SCALE
+    for split, lo, hi in zip(DIGITS_SPLIT_SHARES, bounds[:-1], bounds[1:]):
+        for i in order[lo:hi]:
+            digit = int(digits.target[i])
+            superclass = superclass_of[digit]
+            is_rare = digit == rare[superclass]
+            if split == "train" and is_rare and rng.random() >= DIGITS_RARE_KEEP:
+                continue
+            base = (digits.images[i] / 16.0 * 255).astype(np.uint8).repeat(DIGITS_SCALE, 0).repeat(DIGITS_SCALE, 1)
+            for copy in range(DIGITS_COPIES):
+                dy, dx = rng.integers(0, DIGITS_SIDE - drawn + 1, 2)
+                img = np.zeros((DIGITS_SIDE, DIGITS_SIDE), np.uint8)
+                img[dy:dy + drawn, dx:dx + drawn] = base
+                image_id = f"{split}/{superclass}/{i:04d}_{copy}.png"
+                path = dest / DIGITS_ROOT / image_id
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img).convert("RGB").save(path)
+                caption = f"a photo of the digit {DIGIT_WORDS[digit]}" if split in ("train", "pool") else ""
+                rows.append({"id": image_id, "caption": caption, "subpop": int(is_rare)})
+                counts[f"{split}/{superclass}"] = counts.get(f"{split}/{superclass}", 0) + 1
+    with open(dest / DIGITS_CAPTIONS, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["id", "caption", "subpop"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return {"rare": {k: DIGIT_WORDS[v] for k, v in rare.items()}, "counts": counts}
+
+
+def build(name: str, dest: Path, seed: int | None = None) -> None:
+    if name not in OVERRIDES:
+        raise SystemExit(f"unknown dataset '{name}'; known: {sorted(OVERRIDES)}")
+    if dest.exists():
+        raise SystemExit(f"{dest} already exists: pick a new folder")
+    dest.mkdir(parents=True)
+    for item in smoke.COPIED:
+        src = REPO / item
+        if src.is_dir():
+            shutil.copytree(src, dest / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif src.exists():
+            (dest / item).parent.mkdir(parents=True, exist_ok=True)
+            (dest / item).write_bytes(src.read_bytes())
+    params = smoke.merge(yaml.safe_load((REPO / "params.yaml").read_text()), OVERRIDES[name])
+    if seed is not None:
+        params["seed"] = seed
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if name == "digits":
+        print(json.dumps(write_digits_folder(dest, params["seed"])), flush=True)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    start = time.time()
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "fit_svms"], cwd=dest, env=smoke.pipeline_env(),
+                   check=True)
+    print(f"build {name}: dvc repro fit_svms in {time.time() - start:.0f} s", flush=True)
+
+
+# ---------------------------------------------------------------------- score
+
+# Domino, run by its own interpreter: only its slicer module is loaded (the
+# package's __init__ wants meerkat and torch, which its slicer uses only in
+# type hints); PEERS.md's call, per class, every slice's membership on test.
+DOMINO_RUNNER = textwrap.dedent("""
+    import sys, types
+    from pathlib import Path
+    import numpy as np
+    import sklearn
+    site = Path(sklearn.__file__).parents[1] / "domino"
+    mk = types.ModuleType("meerkat"); mk.DataPanel = object; sys.modules["meerkat"] = mk
+    torch = types.ModuleType("torch"); nn = types.ModuleType("torch.nn"); nn.Module = object
+    torch.nn = nn; sys.modules["torch"] = torch; sys.modules["torch.nn"] = nn
+    for name, path in (("domino", site), ("domino._slice", site / "_slice")):
+        pkg = types.ModuleType(name); pkg.__path__ = [str(path)]; sys.modules[name] = pkg
+    import domino._slice.domino as dm
+    src, dst, w, seed = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+    data, out = np.load(src), {}
+    for k in sorted({key.split("_")[1] for key in data.files}, key=int):
+        Xv, cv, Xt, ct = (data[f"c_{k}_{part}"] for part in ("Xval", "cval", "Xtest", "ctest"))
+        slicer = dm.DominoSlicer(n_slices=5, n_mixture_components=25,
+                                 n_pca_components=min(128, Xv.shape[1], len(Xv) - 1),
+                                 y_log_likelihood_weight=w, y_hat_log_likelihood_weight=w, random_state=seed)
+        slicer.fit(embeddings=Xv, targets=np.ones(len(Xv)), pred_probs=cv)
+        out[f"c_{k}"] = slicer.predict_proba(embeddings=Xt, targets=np.ones(len(Xt)), pred_probs=ct)
+    np.savez(dst, **out)
+""")
+DOMINO_WEIGHTS = {"domino_w1": 1.0, "domino_w10": 10.0}  # defaults; the README quick start's gamma = 10
+
+
+def load_dataset(data_dir: Path) -> dict:
+    """val/test/train embeddings, predictions and test ground truth of one pipeline data folder."""
+    from failmap.data import load_ground_truth, load_meta, subpop_mask
+    from failmap.embeddings import load_embeddings
+    from failmap.predictions import load_predictions
+
+    prepared = data_dir / "prepared"
+    meta, truth = load_meta(prepared), load_ground_truth(prepared)
+    if truth is None:
+        raise SystemExit(f"{prepared} has no ground truth: the benchmark scores against it")
+    pred = {s: load_predictions(data_dir / "baseline" / f"{s}.csv") for s in ("train", "val", "test")}
+    X = {s: load_embeddings(data_dir / "embeddings", s, pred[s]["id"]) for s in pred}
+    return {"classes": meta["classes"], "pred": pred, "X": X, "subpop_test": subpop_mask(truth, pred["test"]["id"])}
+
+
+def run_domino(python: str, ds: dict, classes: list[int], seed: int) -> dict[str, dict[int, np.ndarray]]:
+    """method -> class -> (n_test_of_class, n_slices) slice memberships, from Domino's venv."""
+    val, test = ds["pred"]["val"], ds["pred"]["test"]
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="bench-modes-domino-") as tmp:
+        tmp = Path(tmp)
+        arrays = {}
+        for k in classes:
+            v, t = val["label"] == k, test["label"] == k
+            arrays.update({f"c_{k}_Xval": ds["X"]["val"][v], f"c_{k}_cval": val["confidence"][v],
+                           f"c_{k}_Xtest": ds["X"]["test"][t], f"c_{k}_ctest": test["confidence"][t]})
+        np.savez(tmp / "in.npz", **arrays)
+        (tmp / "runner.py").write_text(DOMINO_RUNNER)
+        for method, w in DOMINO_WEIGHTS.items():
+            done = subprocess.run([python, str(tmp / "runner.py"), str(tmp / "in.npz"),
+                                   str(tmp / f"{method}.npz"), str(w), str(seed)], capture_output=True, text=True)
+            if done.returncode != 0:  # its progress bars are noise; its traceback is not
+                raise SystemExit(f"Domino ({python}, w={w}) failed:\n{done.stderr[-4000:]}")
+            with np.load(tmp / f"{method}.npz") as z:
+                out[method] = {k: z[f"c_{k}"] for k in classes}
+    return out
+
+
+def score_dataset(name: str, data_dir: Path, params: dict, domino_python: str | None, seed: int) -> dict:
+    """Per class AP of the planted subpopulation on test for every method, and their means."""
+    from failmap.modes import ClassModes, fit_all_modes, mode_scores
+    from failmap.ranking import average_precision, expected_random_ap
+    from failmap.svm import ClassSVM, decision_values, fit_all
+
+    ds = load_dataset(data_dir)
+    val, test, X = ds["pred"]["val"], ds["pred"]["test"], ds["X"]
+    svm_p, modes_p = params["svm"], params["modes"]
+    timings = {}
+    start = time.time()
+    pre, svms = fit_all(X["val"], val["label"], val["correct"], X["train"], ds["classes"], svm_p["c_grid"],
+                        svm_p["folds"], seed, svm_p["max_iter"], svm_p["min_errors"], progress=False)
+    timings["svm_s"] = time.time() - start
+    start = time.time()
+    modes = fit_all_modes(X["val"], val["label"], val["correct"], pre, ds["classes"], modes_p["max_modes"],
+                          modes_p["min_mode_errors"], modes_p["min_silhouette"], seed, svm_p["min_errors"])
+    timings["modes_s"] = time.time() - start
+    svm_test = decision_values(svms, X["test"], test["label"])
+    modes_test = mode_scores(modes, X["test"], test["label"], modes_p["max_modes"])
+    subpop = ds["subpop_test"]
+    # the classes every method analyses and whose test split has both members and non-members of the subpopulation
+    classes = [k for k in range(len(ds["classes"]))
+               if isinstance(svms[k], ClassSVM) and isinstance(modes[k], ClassModes)
+               and 0 < subpop[test["label"] == k].sum() < (test["label"] == k).sum()]
+    domino = {}
+    if domino_python:
+        start = time.time()
+        domino = run_domino(domino_python, ds, classes, seed)
+        timings["domino_s"] = time.time() - start
+    rows = {}
+    for k in classes:
+        t = test["label"] == k
+        y = subpop[t]
+        fitted = modes[k]
+        # every score here is "hardest = lowest", the project's AP convention (failmap.ranking)
+        row = {"svm": average_precision(svm_test[t], y),
+               "modes_best": max(average_precision(-modes_test[t, j], y) for j in range(len(fitted.modes))),
+               "modes_top": average_precision(-modes_test[t, 0], y),
+               "confidence": average_precision(test["confidence"][t], y),
+               "random": expected_random_ap(len(y), int(y.sum()))}
+        for method, memberships in domino.items():  # dcbench: the subpopulation's best slice
+            row[method] = max(average_precision(-memberships[k][:, j], y) for j in range(memberships[k].shape[1]))
+        row["n_modes"] = len(fitted.modes)
+        row["shares"] = [round(m.share, 3) for m in fitted.modes]
+        row["n_val_errors"] = fitted.n_errors
+        rows[ds["classes"][k]] = row
+    methods = [m for m in ("svm", "modes_best", "modes_top", "confidence", "random", *DOMINO_WEIGHTS)
+               if rows and m in next(iter(rows.values()))]
+    mean = {m: float(np.mean([r[m] for r in rows.values()])) for m in methods}
+    return {"dataset": name, "data": str(data_dir), "per_class": rows, "mean": mean,
+            "n_classes_scored": len(rows), "n_classes": len(ds["classes"]), "timings": timings}
+
+
+def print_table(results: list[dict]) -> None:
+    methods = list(results[0]["mean"])
+    print("| dataset | class | " + " | ".join(methods) + " | modes (val error shares) |")
+    print("|---|---|" + "---|" * len(methods) + "---|")
+    for res in results:
+        for cls, row in res["per_class"].items():
+            print(f"| {res['dataset']} | {cls} | " + " | ".join(f"{row[m]:.3f}" for m in methods)
+                  + f" | {row['shares']} |")
+        print(f"| **{res['dataset']}** | **mean of {res['n_classes_scored']}** | "
+              + " | ".join(f"**{res['mean'][m]:.3f}**" for m in methods) + " | |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="a pipeline copy of one dataset, reproduced up to fit_svms")
+    b.add_argument("name", choices=sorted(OVERRIDES))
+    b.add_argument("dest", type=Path)
+    b.add_argument("--seed", type=int, help="the master seed of the copy (default: params.yaml's)")
+    sc = sub.add_parser("score", help="AP of the planted subpopulation per method, side by side")
+    sc.add_argument("datasets", nargs="+", metavar="NAME=DATA_DIR",
+                    help="a name and a pipeline data folder (with prepared/, baseline/, embeddings/)")
+    sc.add_argument("--domino", metavar="PYTHON", help="the Domino venv's python (omit: no Domino columns)")
+    sc.add_argument("--params", type=Path, default=REPO / "params.yaml",
+                    help="params file whose svm: and modes: sections the methods use")
+    sc.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.command == "build":
+        build(args.name, args.dest, args.seed)
+        return
+    params = yaml.safe_load(args.params.read_text())
+    results = []
+    for spec in args.datasets:
+        name, _, data_dir = spec.partition("=")
+        if not data_dir:
+            raise SystemExit(f"'{spec}': expected NAME=DATA_DIR")
+        start = time.time()
+        results.append(score_dataset(name, Path(data_dir), params, args.domino, params.get("seed", SEED)))
+        results[-1]["timings"]["total_s"] = time.time() - start
+        print(f"{name}: scored in {results[-1]['timings']['total_s']:.0f} s", file=sys.stderr, flush=True)
+    print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,327 @@
+"""Several failure modes per class: the class's val errors clustered by how
+they differ from its correct images, one direction per cluster.
+
+One SVM per class (``failmap.svm``) separates right from wrong; when a class's
+errors have more than one cause its normal mixes them, and because it ranks by
+"likely to be wrong" the members of a failing sub-type that the model still
+gets right rank as easy. Here, per class, on its val images:
+
+1. Preprocess as the SVM does (train-split standardisation, L2 rows), then
+   whiten by the class's *correct* images: subtract their mean ``center`` and
+   multiply by the inverse square root of their Ledoit-Wolf shrunk covariance.
+   Variation the class shows anyway (its nuisances) becomes unit noise; what
+   makes an error unusual for its class stands out.
+2. Cluster the errors' whitened deviations, each scaled to unit length (so a
+   cluster gathers errors that deviate the same *way*, however far),
+   with k-means for k = 2 .. ``max_modes``; keep the k with the best
+   silhouette when that silhouette reaches ``min_silhouette``, else one mode.
+3. Each cluster is a mode. Its weight is ``Sigma^-1/2 (mean_mode - center)``
+   in the preprocessed space (``mean_mode`` the mean of the mode's errors):
+   the mode's centroid in the whitened space where it was found, read as a
+   direction. It follows what the mode's members share, not a max-margin
+   normal, which would also learn what splits the mode's wrong members from
+   its right ones and rank the right ones easy. It sits halfway between the
+   plain mean difference (``Sigma`` ignored) and the linear discriminant
+   ``Sigma^-1 (mean_mode - center)``, whose full inverse magnifies the
+   directions in which the correct images hardly vary, where the mean of a
+   few dozen errors is mostly noise. Over the five benchmark datasets of
+   ``benchmarks/modes.md`` the mean best-mode AP was 0.990 for this weight,
+   0.982 for the mean difference and 0.928 for the discriminant.
+
+A mode's *score* of an image is its coordinate along that direction from the
+class's correct mean (higher = more like the mode). Like the SVM, a mode also
+has a ``decision_function`` whose *negative* side is hard (minus the score), a
+unit ``direction`` pointing to the easy side in the preprocessed space and a
+``direction_raw`` in raw CLIP space for decoding, so captioning and decoding
+can take a mode where they take a class SVM. Modes are ranked by their share
+of the class's val errors. Nothing here reads ground truth.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.covariance import LedoitWolf
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import silhouette_score
+
+from failmap.io import write_json
+from failmap.ranking import average_precision, to_jsonable
+from failmap.svm import Preprocessor, Skip, _as_matrix, _unit, _write_npz
+
+# k-means restarts per k: the best of these (lowest inertia) is kept.
+KMEANS_RESTARTS = 10
+# Eigenvalues of the shrunk covariance are floored at this fraction of the
+# largest before the inverse square root, so a near-flat dimension cannot blow up.
+MIN_EIGEN_RATIO = 1e-6
+
+
+@dataclass(eq=False)
+class Mode:
+    """One failure mode of one class."""
+    weight: np.ndarray        # (D,) Sigma^-1/2 (mean of the mode's errors - center); score = weight . (z - center)
+    center: np.ndarray        # (D,) mean of the class's correct val images, preprocessed
+    preprocessor: Preprocessor
+    n_errors: int             # val errors assigned to this mode
+    share: float              # n_errors / the class's val errors
+
+    @property
+    def direction(self) -> np.ndarray:
+        """Unit direction in the preprocessed space, pointing to the easy side (away from the mode)."""
+        return -_unit(self.weight)
+
+    @property
+    def direction_raw(self) -> np.ndarray:
+        """Unit direction in raw CLIP space, pointing to the easy side; the weight
+        maps back through the standardisation as the SVM's does (``ClassSVM.direction_raw``)."""
+        return -_unit(self.weight / self.preprocessor.std)
+
+    def score_preprocessed(self, Z) -> np.ndarray:
+        return (np.asarray(Z, dtype=np.float64) - self.center) @ self.weight
+
+    def score(self, X_raw) -> np.ndarray:
+        """How much each raw embedding (N, D) looks like this mode (higher = more), (N,)."""
+        return self.score_preprocessed(self.preprocessor.transform(X_raw))
+
+    def decision_function_preprocessed(self, Z) -> np.ndarray:
+        """Minus the score of preprocessed rows, as ``ClassSVM.decision_function_preprocessed``
+        (what caption scoring calls on its preprocessed text-embedding differences)."""
+        return -self.score_preprocessed(Z)
+
+    def decision_function(self, X_raw) -> np.ndarray:
+        """Minus the score: negative = hard, as for ``ClassSVM.decision_function``."""
+        return -self.score(X_raw)
+
+
+@dataclass(eq=False)
+class ClassModes:
+    """A class's modes, largest share of errors first."""
+    modes: list[Mode]
+    n_val: int
+    n_errors: int
+    silhouette: float         # of the chosen clustering; NaN when one mode was kept without a split
+
+
+def _validate(max_modes, min_mode_errors, min_silhouette) -> None:
+    if int(max_modes) != max_modes or max_modes < 1:
+        raise ValueError(f"max_modes must be a positive integer, got {max_modes!r}")
+    if int(min_mode_errors) != min_mode_errors or min_mode_errors < 1:
+        raise ValueError(f"min_mode_errors must be a positive integer, got {min_mode_errors!r}")
+    if not -1 <= min_silhouette <= 1:
+        raise ValueError(f"min_silhouette must lie in [-1, 1] (a silhouette's range), got {min_silhouette!r}")
+
+
+def _whitener(Z_correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(center, Sigma^-1/2): the correct images' mean and the inverse square root
+    of their Ledoit-Wolf shrunk covariance."""
+    center = Z_correct.mean(axis=0)
+    cov = LedoitWolf(assume_centered=False).fit(Z_correct).covariance_
+    eigval, eigvec = np.linalg.eigh(cov)
+    eigval = np.maximum(eigval, eigval.max() * MIN_EIGEN_RATIO)
+    return center, (eigvec / np.sqrt(eigval)) @ eigvec.T
+
+
+def _cluster(D_unit: np.ndarray, max_modes: int, min_mode_errors: int, min_silhouette: float,
+             seed: int) -> tuple[np.ndarray, float]:
+    """(cluster label of each error, silhouette of the chosen k or NaN for one cluster)."""
+    best_labels, best_sil = np.zeros(len(D_unit), dtype=np.int64), np.nan
+    # k clusters need at least min_mode_errors errors each
+    for k in range(2, min(max_modes, len(D_unit) // min_mode_errors) + 1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # duplicate points: fewer distinct clusters
+            labels = KMeans(n_clusters=k, n_init=KMEANS_RESTARTS, random_state=seed).fit_predict(D_unit)
+        if np.bincount(labels, minlength=k).min() < min_mode_errors or len(set(labels)) < 2:
+            continue
+        sil = float(silhouette_score(D_unit, labels, metric="cosine"))
+        if sil >= min_silhouette and not sil <= best_sil:
+            best_labels, best_sil = labels, sil
+    return best_labels, best_sil
+
+
+def fit_class_modes(X_val_raw, correct_val, preprocessor: Preprocessor, max_modes: int, min_mode_errors: int,
+                    min_silhouette: float, seed: int, min_errors: int = 1) -> ClassModes | Skip:
+    """One class's failure modes from its val images (see the module docstring).
+
+    A ``Skip`` (not an exception) when the class has fewer wrong predictions
+    than ``min_errors`` or than ``min_mode_errors``, or fewer than two correct
+    ones (no mean and covariance to measure the errors against).
+    """
+    _validate(max_modes, min_mode_errors, min_silhouette)
+    if int(min_errors) != min_errors or min_errors < 1:
+        raise ValueError(f"min_errors must be a positive integer, got {min_errors!r}")
+    X = _as_matrix(X_val_raw, "X_val_raw", preprocessor.dim)
+    correct = np.asarray(correct_val)
+    if correct.shape != (len(X),):
+        raise ValueError(f"correct_val must have shape ({len(X)},) to match X_val_raw, got {correct.shape}")
+    if not np.all((correct == 0) | (correct == 1)):
+        raise ValueError("correct_val must hold booleans or 0/1")
+    wrong = correct == 0
+    n_errors, n_correct = int(wrong.sum()), int((~wrong).sum())
+    needed = max(min_errors, min_mode_errors)
+    if n_errors < needed or n_correct < 2:
+        return Skip(reason=(f"{n_errors} wrong and {n_correct} correct predictions among {len(X)} val images; "
+                            f"modes need at least {needed} wrong (modes.min_mode_errors={min_mode_errors}, "
+                            f"svm.min_errors={min_errors}) and 2 correct"),
+                    n_val=len(X), n_errors=n_errors)
+
+    Z = preprocessor.transform(X)
+    center, inv_sqrt = _whitener(Z[~wrong])
+    deviations = (Z[wrong] - center) @ inv_sqrt
+    norms = np.linalg.norm(deviations, axis=1, keepdims=True)
+    labels, silhouette = _cluster(deviations / np.where(norms == 0, 1.0, norms), max_modes, min_mode_errors,
+                                  min_silhouette, seed)
+    modes = []
+    for j in range(labels.max() + 1):
+        members = Z[wrong][labels == j]
+        weight = inv_sqrt @ (members.mean(axis=0) - center)
+        if not np.any(weight):
+            continue
+        modes.append(Mode(weight=weight, center=center, preprocessor=preprocessor, n_errors=len(members),
+                          share=len(members) / n_errors))
+    if not modes:
+        return Skip(reason="the class's errors have the mean of its correct images: no direction found",
+                    n_val=len(X), n_errors=n_errors)
+    # largest share first; ties keep cluster order, itself a function of the seed
+    modes.sort(key=lambda m: -m.n_errors)
+    return ClassModes(modes=modes, n_val=len(X), n_errors=n_errors, silhouette=silhouette)
+
+
+def fit_all_modes(X_val, labels_val, correct_val, preprocessor: Preprocessor, class_names: Sequence[str],
+                  max_modes: int, min_mode_errors: int, min_silhouette: float, seed: int,
+                  min_errors: int = 1) -> dict[int, ClassModes | Skip]:
+    """Every class's modes on the val split; class ``k`` clusters with seed ``seed + k``."""
+    _validate(max_modes, min_mode_errors, min_silhouette)
+    X_val = _as_matrix(X_val, "X_val", preprocessor.dim)
+    labels, correct = np.asarray(labels_val), np.asarray(correct_val)
+    if labels.shape != (len(X_val),) or correct.shape != (len(X_val),):
+        raise ValueError(f"labels_val {labels.shape} and correct_val {correct.shape} must both have shape "
+                         f"({len(X_val)},) to match X_val")
+    n_classes = len(class_names)
+    if n_classes == 0:
+        raise ValueError("class_names is empty")
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"labels_val must lie in [0, {n_classes}) for {n_classes} class names, "
+                         f"got range [{labels.min()}, {labels.max()}]")
+    results: dict[int, ClassModes | Skip] = {}
+    for k in range(n_classes):
+        mask = labels == k
+        if not mask.any():
+            results[k] = Skip(reason="no val images of this class", n_val=0, n_errors=0)
+            continue
+        results[k] = fit_class_modes(X_val[mask], correct[mask], preprocessor, max_modes, min_mode_errors,
+                                     min_silhouette, seed + k, min_errors)
+    return results
+
+
+def mode_scores(results: dict[int, ClassModes | Skip], X_raw, labels, max_modes: int) -> np.ndarray:
+    """(N, max_modes): each row's score under each mode of its own class (column
+    j = the class's j-th largest mode); NaN where the class has no such mode."""
+    X = np.asarray(X_raw, dtype=np.float64)
+    labels = np.asarray(labels)
+    if labels.shape != (len(X),):
+        raise ValueError(f"labels must have shape ({len(X)},) to match X_raw, got {labels.shape}")
+    unknown = ~np.isin(labels, list(results))
+    if unknown.any():
+        raise ValueError(f"labels contain classes with no modes result: {sorted(set(labels[unknown].tolist()))}")
+    out = np.full((len(X), max_modes), np.nan)
+    for k, fitted in results.items():
+        mask = labels == k
+        if isinstance(fitted, ClassModes) and mask.any():
+            if len(fitted.modes) > max_modes:
+                raise ValueError(f"class {k} has {len(fitted.modes)} modes, more than max_modes={max_modes}")
+            for j, mode in enumerate(fitted.modes):
+                out[mask, j] = mode.score(X[mask])
+    return out
+
+
+def modes_report(fitted: ClassModes, test_scores, in_subpop=None) -> dict:
+    """One class's modes for the metrics file: per mode (``mode_0`` = the largest)
+    its share and count of the class's val errors and, with ground truth
+    (``in_subpop`` for the class's test rows), the AP of the subpopulation on
+    test; ``best_subpop_ap`` matches the subpopulation with its best mode (dcbench)."""
+    scores = np.asarray(test_scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] < len(fitted.modes):
+        raise ValueError(f"test_scores must be (N, >= {len(fitted.modes)}) mode scores, got shape {scores.shape}")
+    report = {"n_modes": len(fitted.modes), "n_val_errors": fitted.n_errors,
+              "silhouette": None if np.isnan(fitted.silhouette) else fitted.silhouette}
+    aps = []
+    for j, mode in enumerate(fitted.modes):
+        entry = {"share": mode.share, "n_errors": mode.n_errors}
+        if in_subpop is not None:
+            # hardest = lowest, as for the SVM: minus the score is the mode's decision value
+            entry["subpop_ap"] = average_precision(-scores[:, j], in_subpop)
+            aps.append(entry["subpop_ap"])
+        report[f"mode_{j}"] = entry
+    if in_subpop is not None:
+        finite = [a for a in aps if np.isfinite(a)]
+        report["best_subpop_ap"] = max(finite) if finite else float("nan")
+    return report
+
+
+# ---------------------------------------------------------------- save / load
+
+def save_modes(npz_path: str | Path, json_path: str | Path, preprocessor: Preprocessor,
+               results: dict[int, ClassModes | Skip], class_names: Sequence[str], max_modes: int) -> None:
+    """Every class's modes in one npz (mode j of class k at [k, j], largest share
+    first; ``n_modes[k]`` of them are real), a human-readable JSON summary beside it."""
+    n_classes, dim = len(class_names), preprocessor.dim
+    if sorted(results) != list(range(n_classes)):
+        raise ValueError(f"results must have one entry per class 0..{n_classes - 1}, got keys {sorted(results)}")
+    arrays = dict(
+        mean=preprocessor.mean, std=preprocessor.std, class_names=np.asarray(list(class_names), dtype=str),
+        n_modes=np.zeros(n_classes, np.int64), weight=np.zeros((n_classes, max_modes, dim)),
+        direction=np.zeros((n_classes, max_modes, dim)), direction_raw=np.zeros((n_classes, max_modes, dim)),
+        center=np.zeros((n_classes, dim)), mode_errors=np.zeros((n_classes, max_modes), np.int64),
+        share=np.zeros((n_classes, max_modes)), silhouette=np.full(n_classes, np.nan),
+        n_val=np.zeros(n_classes, np.int64), n_errors=np.zeros(n_classes, np.int64),
+        skip_reason=np.asarray([""] * n_classes, dtype=object),
+    )
+    summary = {"dim": dim, "max_modes": max_modes, "classes": {}}
+    for k, name in enumerate(class_names):
+        r = results[k]
+        arrays["n_val"][k], arrays["n_errors"][k] = r.n_val, r.n_errors
+        if isinstance(r, Skip):
+            arrays["skip_reason"][k] = r.reason
+            summary["classes"][name] = {"fitted": False, "skip_reason": r.reason, "n_val": r.n_val,
+                                        "n_errors": r.n_errors}
+            continue
+        if len(r.modes) > max_modes:
+            raise ValueError(f"class '{name}' has {len(r.modes)} modes, more than max_modes={max_modes}")
+        arrays["n_modes"][k], arrays["silhouette"][k] = len(r.modes), r.silhouette
+        arrays["center"][k] = r.modes[0].center
+        for j, mode in enumerate(r.modes):
+            arrays["weight"][k, j], arrays["direction"][k, j] = mode.weight, mode.direction
+            arrays["direction_raw"][k, j] = mode.direction_raw
+            arrays["mode_errors"][k, j], arrays["share"][k, j] = mode.n_errors, mode.share
+        summary["classes"][name] = {"fitted": True, "n_val": r.n_val, "n_errors": r.n_errors,
+                                    "silhouette": None if np.isnan(r.silhouette) else r.silhouette,
+                                    "modes": [{"n_errors": m.n_errors, "share": m.share} for m in r.modes]}
+    arrays["skip_reason"] = arrays["skip_reason"].astype(str)
+    summary["n_fitted"] = int((arrays["n_modes"] > 0).sum())
+    _write_npz(npz_path, arrays)
+    write_json(json_path, to_jsonable(summary))
+
+
+def load_modes(npz_path: str | Path) -> tuple[dict[int, ClassModes | Skip], list[str]]:
+    """Inverse of ``save_modes``: (modes by class index, class names)."""
+    npz_path = Path(npz_path)
+    if not npz_path.exists():
+        raise FileNotFoundError(f"{npz_path} not found (has the fit_svms stage run?)")
+    with np.load(npz_path, allow_pickle=False) as z:
+        a = {name: z[name] for name in z.files}
+    preprocessor = Preprocessor(mean=a["mean"], std=a["std"])
+    results: dict[int, ClassModes | Skip] = {}
+    for k in range(len(a["class_names"])):
+        n_val, n_errors = int(a["n_val"][k]), int(a["n_errors"][k])
+        if a["n_modes"][k] == 0:
+            results[k] = Skip(reason=str(a["skip_reason"][k]), n_val=n_val, n_errors=n_errors)
+            continue
+        modes = [Mode(weight=a["weight"][k, j].copy(), center=a["center"][k].copy(), preprocessor=preprocessor,
+                      n_errors=int(a["mode_errors"][k, j]), share=float(a["share"][k, j]))
+                 for j in range(int(a["n_modes"][k]))]
+        results[k] = ClassModes(modes=modes, n_val=n_val, n_errors=n_errors, silhouette=float(a["silhouette"][k]))
+    return results, [str(n) for n in a["class_names"]]
