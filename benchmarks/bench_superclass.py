@@ -136,9 +136,9 @@ def repro(work: Path, stage: str) -> float:
 
 def summarize(dirs: list[Path]) -> str:
     """Markdown: one row per kept folder (one seed) and the mean over them with a 95 % Student-t interval of
-    each figure: the rare-member caption hit rate per setting, the SVM AP of the rare member (mean over the
-    classes that have an SVM) and the baseline's test accuracy on the rare member and on the rest of its class
-    (means over classes)."""
+    each figure: the rare-member caption hit rate per setting (over the classes with an SVM, hence captions:
+    "(named/captioned of all)"), the SVM AP of the rare member (mean over the classes that have an SVM) and
+    the baseline's test accuracy on the rare member and on the rest of its class (means over classes)."""
     from failmap.study import interval
 
     reports = []
@@ -148,15 +148,23 @@ def summarize(dirs: list[Path]) -> str:
             raise SystemExit(f"--summarize {d}: no {RESULT_FILE} (a folder a --keep run of this script left)")
         reports.append(json.loads(path.read_text()))
     labels = list(SETTINGS)
+    diagnostic = labels[1]  # the first bank with sub-type nouns: does it name the member the baseline fails on?
     figures: dict[str, list[float]] = {}
 
-    def cell(name: str, value: float | None) -> str:
+    def cell(name: str, value: float | None, note: str = "") -> str:
         if value is not None:
             figures.setdefault(name, []).append(value)
-        return "—" if value is None else f"{value:.2f}"
+        return "—" if value is None else f"{value:.2f}{note}"
+
+    def hits(rep: dict, label: str) -> str:  # the fraction is over the classes with captions (an SVM)
+        named = rep["settings"][label]["per_class"]
+        of_all = "" if len(named) == len(rep["svm_rare_member_ap"]) else f" of {len(rep['svm_rare_member_ap'])}"
+        return cell(label, rep["settings"][label]["rare_member_in_top3_hard"],
+                    f" ({sum(named.values())}/{len(named)}{of_all})")
 
     head = ["seed", "rare members", "baseline test accuracy, rare member / rest of class",
-            "SVM AP of the rare member", "mean SVM AP", "mean accuracy rare / rest", *labels]
+            "SVM AP of the rare member", "mean SVM AP", "mean accuracy rare / rest", *labels,
+            f"(diagnostic) {diagnostic}: the lowest-accuracy member named"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rep in reports:
         acc, ap, rare = rep["baseline_test_accuracy_rare_vs_rest"], rep["svm_rare_member_ap"], rep["rare_members"]
@@ -168,7 +176,8 @@ def summarize(dirs: list[Path]) -> str:
                ", ".join("—" if ap[c] is None else f"{ap[c]:.2f}" for c in ap),
                cell("mean SVM AP", sum(fitted) / len(fitted) if fitted else None),
                cell("accuracy rare", mean_rare) + " / " + cell("accuracy rest", mean_rest),
-               *(cell(label, rep["settings"][label]["rare_member_in_top3_hard"]) for label in labels)]
+               *(hits(rep, label) for label in labels),
+               cell("worst", rep["settings"][diagnostic]["worst_member_in_top3_hard"])]
         lines.append("| " + " | ".join(row) + " |")
 
     def mean_cell(name: str) -> str:
@@ -181,7 +190,7 @@ def summarize(dirs: list[Path]) -> str:
     lines.append("| " + " | ".join([f"mean of {len(reports)} [95 % t interval]", "", "", "",
                                      mean_cell("mean SVM AP"),
                                      mean_cell("accuracy rare") + " / " + mean_cell("accuracy rest"),
-                                     *(mean_cell(label) for label in labels)]) + " |")
+                                     *(mean_cell(label) for label in labels), mean_cell("worst")]) + " |")
     return "\n".join(lines)
 
 
