@@ -41,9 +41,9 @@ it; ``--params`` overrides, e.g. to vary the fitting seed): per class with groun
 average precision of the planted subpopulation (dcbench's matching: a method
 with several slices or modes gets its best one per class). Domino runs in its
 own Python 3.9 venv (``/work/shared/PEERS.md``) as a subprocess on .npz files.
-Where the data folder's pipeline wrote ``metrics/svm.json``, the refitted SVM's
-AP must equal the pipeline's own (a check that the scored embeddings, params
-and seed are the pipeline's).
+Without ``--params``, where the data folder's pipeline wrote
+``metrics/svm.json``, the refitted SVM's AP must equal the pipeline's own (a
+check that the scored embeddings, params and seed are the pipeline's).
 """
 from __future__ import annotations
 
@@ -238,8 +238,11 @@ def run_domino(python: str, ds: dict, classes: list[int], seed: int) -> dict[str
     return out
 
 
-def score_dataset(name: str, data_dir: Path, params: dict, domino_python: str | None, seed: int) -> dict:
-    """Per class AP of the planted subpopulation on test for every method, and their means."""
+def score_dataset(name: str, data_dir: Path, params: dict, domino_python: str | None, seed: int,
+                  own_params: bool = True) -> dict:
+    """Per class AP of the planted subpopulation on test for every method, and their means. With
+    ``own_params`` (the params of the pipeline that built ``data_dir``) the refitted SVM must match the
+    pipeline's ``metrics/svm.json`` where it exists."""
     from failmap.modes import ClassModes, fit_all_modes, mode_scores
     from failmap.ranking import average_precision, expected_random_ap
     from failmap.svm import ClassSVM, decision_values, fit_all
@@ -286,7 +289,7 @@ def score_dataset(name: str, data_dir: Path, params: dict, domino_python: str | 
         row["n_val_errors"] = fitted.n_errors
         rows[ds["classes"][k]] = row
     pipeline_svm = data_dir.resolve().parent / "metrics" / "svm.json"
-    if pipeline_svm.is_file():  # the refit must be the pipeline's own fit: same embeddings, params and seed
+    if own_params and pipeline_svm.is_file():  # the refit must be the pipeline's own: same embeddings, params, seed
         own = json.loads(pipeline_svm.read_text())["per_class"]
         for cls, row in rows.items():
             theirs = own.get(cls, {}).get("svm", {}).get("subpop_ap")
@@ -341,7 +344,8 @@ def main(argv=None):
                              "give one with --params")
         params = yaml.safe_load(params_file.read_text())
         start = time.time()
-        results.append(score_dataset(name, Path(data_dir), params, args.domino, params.get("seed", SEED)))
+        results.append(score_dataset(name, Path(data_dir), params, args.domino, params.get("seed", SEED),
+                                     own_params=args.params is None))
         results[-1]["params"] = str(params_file)
         results[-1]["timings"]["total_s"] = time.time() - start
         print(f"{name}: scored in {results[-1]['timings']['total_s']:.0f} s", file=sys.stderr, flush=True)
