@@ -272,3 +272,14 @@ def test_tracking_never_reads_proc(tmp_path):
     probe = subprocess.run([sys.executable, "-c", PROC_GUARD.replace('"stages/track.py"', '"reader.py"'),
                             str(tmp_path), str(tmp_path)], cwd=tmp_path, capture_output=True, text=True)
     assert "PROC ACCESS: [('/proc/self/stat'" in probe.stdout, probe.stdout + probe.stderr
+
+
+def test_track_stage_logs_every_metrics_file_the_pipeline_declares():
+    """A stage's metrics reach MLflow only through the track stage's deps: a metrics file
+    declared by a stage but missing there would never be logged."""
+    stages = yaml.safe_load((toy.REPO / "dvc.yaml").read_text())["stages"]
+    declared = {next(iter(m)) if isinstance(m, dict) else m
+                for name, s in stages.items() for m in s.get("metrics", []) if name != "track"}
+    logged = set(stages["track"]["deps"])
+    missing = sorted(m for m in declared if m not in logged and not any(m.startswith(d + "/") for d in logged))
+    assert not missing, f"metrics files not among the track stage's deps in dvc.yaml: {missing}"

@@ -51,7 +51,7 @@ from sklearn.metrics import silhouette_score
 
 from failmap.io import write_json
 from failmap.ranking import average_precision, to_jsonable
-from failmap.svm import Preprocessor, Skip, _as_matrix, _unit, _write_npz
+from failmap.svm import Preprocessor, Skip, _as_matrix, _unit, _write_npz, check_class_split, check_val_split, read_npz
 
 # k-means restarts per k: the best of these (lowest inertia) is kept.
 KMEANS_RESTARTS = 10
@@ -151,14 +151,7 @@ def fit_class_modes(X_val_raw, correct_val, preprocessor: Preprocessor, max_mode
     ones (no mean and covariance to measure the errors against).
     """
     _validate(max_modes, min_mode_errors, min_silhouette)
-    if int(min_errors) != min_errors or min_errors < 1:
-        raise ValueError(f"min_errors must be a positive integer, got {min_errors!r}")
-    X = _as_matrix(X_val_raw, "X_val_raw", preprocessor.dim)
-    correct = np.asarray(correct_val)
-    if correct.shape != (len(X),):
-        raise ValueError(f"correct_val must have shape ({len(X)},) to match X_val_raw, got {correct.shape}")
-    if not np.all((correct == 0) | (correct == 1)):
-        raise ValueError("correct_val must hold booleans or 0/1")
+    X, correct = check_class_split(X_val_raw, correct_val, preprocessor, min_errors)
     wrong = correct == 0
     n_errors, n_correct = int(wrong.sum()), int((~wrong).sum())
     needed = max(min_errors, min_mode_errors)
@@ -196,16 +189,7 @@ def fit_all_modes(X_val, labels_val, correct_val, preprocessor: Preprocessor, cl
     """Every class's modes on the val split; class ``k`` clusters with seed ``seed + k``."""
     _validate(max_modes, min_mode_errors, min_silhouette)
     X_val = _as_matrix(X_val, "X_val", preprocessor.dim)
-    labels, correct = np.asarray(labels_val), np.asarray(correct_val)
-    if labels.shape != (len(X_val),) or correct.shape != (len(X_val),):
-        raise ValueError(f"labels_val {labels.shape} and correct_val {correct.shape} must both have shape "
-                         f"({len(X_val)},) to match X_val")
-    n_classes = len(class_names)
-    if n_classes == 0:
-        raise ValueError("class_names is empty")
-    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"labels_val must lie in [0, {n_classes}) for {n_classes} class names, "
-                         f"got range [{labels.min()}, {labels.max()}]")
+    labels, correct, n_classes = check_val_split(X_val, labels_val, correct_val, class_names)
     results: dict[int, ClassModes | Skip] = {}
     for k in range(n_classes):
         mask = labels == k
@@ -325,11 +309,7 @@ def save_modes(npz_path: str | Path, json_path: str | Path, preprocessor: Prepro
 
 def load_modes(npz_path: str | Path) -> tuple[dict[int, ClassModes | Skip], list[str]]:
     """Inverse of ``save_modes``: (modes by class index, class names)."""
-    npz_path = Path(npz_path)
-    if not npz_path.exists():
-        raise FileNotFoundError(f"{npz_path} not found (has the fit_svms stage run?)")
-    with np.load(npz_path, allow_pickle=False) as z:
-        a = {name: z[name] for name in z.files}
+    a = read_npz(npz_path)
     preprocessor = Preprocessor(mean=a["mean"], std=a["std"])
     results: dict[int, ClassModes | Skip] = {}
     for k in range(len(a["class_names"])):

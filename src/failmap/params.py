@@ -134,35 +134,18 @@ class World(Section):
         return self._superclass_groups()
 
     def _superclass_groups(self):
-        """superclasses: one group of distinct shapes per class, each shape in one group;
-        rare_members: one member of each group (null: drawn from the seed)."""
-        groups, rare, classes = self.superclasses, self.rare_members, self.classes
-        if groups is None:
-            if rare is not None:
-                raise _refuse("rare_members", rare, "null unless world.superclasses is set")
-            return self
-        if len(groups) != len(classes):
-            raise _refuse("superclasses", groups, f"one list of member shapes per entry of world.classes "
-                          f"({len(classes)}), got {len(groups)}")
-        if self.planted_values is not None:
+        """superclasses and rare_members: the rules of failmap.world.check_superclasses."""
+        if self.superclasses is not None and self.planted_values is not None:
             raise _refuse("planted_values", self.planted_values, "null with world.superclasses: the planted "
                           "subpopulation is each group's rare member (world.rare_members)")
-        seen = {}
-        for i, (name, members) in enumerate(zip(classes, groups)):
-            if len(members) < 2:
-                raise _refuse(f"superclasses[{i}]", members, f"at least 2 member shapes for class {name} "
-                              f"(one is the rare one)")
-            for m in members:
-                if m in seen:
-                    raise _refuse("superclasses", groups, f"each shape in one group only: {m!r} is in both "
-                                  f"{seen[m]} and {name}")
-                seen[m] = name
-        if rare is not None and len(rare) != len(classes):
-            raise _refuse("rare_members", rare, f"null or one member per entry of world.classes ({len(classes)}), "
-                          f"got {len(rare)}")
-        for i, (m, members) in enumerate(zip(rare or [], groups)):
-            if m not in members:
-                raise _refuse(f"rare_members[{i}]", m, f"one of world.superclasses[{i}] ({' | '.join(members)})")
+        if self.superclasses is None and self.rare_members is not None:
+            raise _refuse("rare_members", self.rare_members, "null unless world.superclasses is set")
+        if self.superclasses is not None:
+            from failmap.world import WorldSettingError, check_superclasses  # numpy + PIL: only when asked
+            try:
+                check_superclasses(self.classes, self.superclasses, self.rare_members)
+            except WorldSettingError as err:
+                raise _refuse(err.key.removeprefix("world."), err.value, err.expected) from None
         return self
 
 class Baseline(Section):

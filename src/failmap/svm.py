@@ -184,14 +184,7 @@ def fit_class_svm(X_val_raw, correct_val, preprocessor: Preprocessor, c_grid: Se
     caption and select pool images by as if it were one.
     """
     grid = _validate_grid(c_grid, folds, max_iter)
-    if int(min_errors) != min_errors or min_errors < 1:
-        raise ValueError(f"min_errors must be a positive integer, got {min_errors}")
-    X = _as_matrix(X_val_raw, "X_val_raw", preprocessor.dim)
-    correct = np.asarray(correct_val)
-    if correct.shape != (len(X),):
-        raise ValueError(f"correct_val must have shape ({len(X)},) to match X_val_raw, got {correct.shape}")
-    if not np.all((correct == 0) | (correct == 1)):
-        raise ValueError("correct_val must hold booleans or 0/1")
+    X, correct = check_class_split(X_val_raw, correct_val, preprocessor, min_errors)
     y = correct.astype(np.int64)
     n_errors, n_correct = int((y == 0).sum()), int((y == 1).sum())
     if n_errors < folds or n_correct < folds:
@@ -235,17 +228,22 @@ def fit_class_svm(X_val_raw, correct_val, preprocessor: Preprocessor, c_grid: Se
                     n_val=len(y), n_errors=n_errors, converged=converged)
 
 
-def fit_all(X_val, labels_val, correct_val, X_train, class_names: Sequence[str],
-            c_grid: Sequence[float], folds: int, seed: int, max_iter: int, min_errors: int = 1,
-            progress: bool = True) -> tuple[Preprocessor, dict[int, ClassSVM | Skip]]:
-    """Fit the train-split preprocessor and one SVM per class on the val split.
-
-    Class ``k`` uses CV seed ``seed + k`` so classes get different fold splits
-    while the whole result stays a function of ``seed``.
-    """
-    X_val = _as_matrix(X_val, "X_val")
-    labels = np.asarray(labels_val)
+def check_class_split(X_val_raw, correct_val, preprocessor: Preprocessor, min_errors) -> tuple[np.ndarray, np.ndarray]:
+    """(X, correct) of one class's val images, checked; ``min_errors`` a positive integer."""
+    if int(min_errors) != min_errors or min_errors < 1:
+        raise ValueError(f"min_errors must be a positive integer, got {min_errors!r}")
+    X = _as_matrix(X_val_raw, "X_val_raw", preprocessor.dim)
     correct = np.asarray(correct_val)
+    if correct.shape != (len(X),):
+        raise ValueError(f"correct_val must have shape ({len(X)},) to match X_val_raw, got {correct.shape}")
+    if not np.all((correct == 0) | (correct == 1)):
+        raise ValueError("correct_val must hold booleans or 0/1")
+    return X, correct
+
+
+def check_val_split(X_val: np.ndarray, labels_val, correct_val, class_names: Sequence[str]):
+    """(labels, correct, number of classes) of a val split, checked against ``X_val`` and ``class_names``."""
+    labels, correct = np.asarray(labels_val), np.asarray(correct_val)
     if labels.shape != (len(X_val),) or correct.shape != (len(X_val),):
         raise ValueError(f"labels_val {labels.shape} and correct_val {correct.shape} must both have shape "
                          f"({len(X_val)},) to match X_val")
@@ -255,6 +253,19 @@ def fit_all(X_val, labels_val, correct_val, X_train, class_names: Sequence[str],
     if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
         raise ValueError(f"labels_val must lie in [0, {n_classes}) for {n_classes} class names, "
                          f"got range [{labels.min()}, {labels.max()}]")
+    return labels, correct, n_classes
+
+
+def fit_all(X_val, labels_val, correct_val, X_train, class_names: Sequence[str],
+            c_grid: Sequence[float], folds: int, seed: int, max_iter: int, min_errors: int = 1,
+            progress: bool = True) -> tuple[Preprocessor, dict[int, ClassSVM | Skip]]:
+    """Fit the train-split preprocessor and one SVM per class on the val split.
+
+    Class ``k`` uses CV seed ``seed + k`` so classes get different fold splits
+    while the whole result stays a function of ``seed``.
+    """
+    X_val = _as_matrix(X_val, "X_val")
+    labels, correct, n_classes = check_val_split(X_val, labels_val, correct_val, class_names)
     preprocessor = Preprocessor.fit(X_train)
     if preprocessor.dim != X_val.shape[1]:
         raise ValueError(f"X_train has dimension {preprocessor.dim} but X_val has {X_val.shape[1]}")
@@ -344,13 +355,18 @@ def save_svms(npz_path: str | Path, json_path: str | Path, preprocessor: Preproc
     write_json(json_path, to_jsonable(summary))
 
 
-def load_svms(npz_path: str | Path) -> tuple[Preprocessor, dict[int, ClassSVM | Skip], list[str]]:
-    """Inverse of ``save_svms``: (preprocessor, results by class index, class names)."""
+def read_npz(npz_path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of a fit_svms output file, by name."""
     npz_path = Path(npz_path)
     if not npz_path.exists():
         raise FileNotFoundError(f"{npz_path} not found (has the fit_svms stage run?)")
     with np.load(npz_path, allow_pickle=False) as z:
-        a = {name: z[name] for name in z.files}
+        return {name: z[name] for name in z.files}
+
+
+def load_svms(npz_path: str | Path) -> tuple[Preprocessor, dict[int, ClassSVM | Skip], list[str]]:
+    """Inverse of ``save_svms``: (preprocessor, results by class index, class names)."""
+    a = read_npz(npz_path)
     preprocessor = Preprocessor(mean=a["mean"], std=a["std"])
     results: dict[int, ClassSVM | Skip] = {}
     for k in range(len(a["class_names"])):

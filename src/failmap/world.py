@@ -334,7 +334,7 @@ def generate_world(*, classes, colours, contexts, n_train, n_val, n_test, n_pool
     superclass world (module docstring); ``rare_members`` null draws them."""
     if superclasses is None:
         if rare_members is not None:
-            raise ValueError("world.rare_members: only with world.superclasses")
+            raise WorldSettingError("world.rare_members", rare_members, "null unless world.superclasses is set")
         for c in classes:
             if c not in SHAPES:
                 raise ValueError(f"world.classes: unknown shape '{c}'; known: {list(SHAPES)}")
@@ -376,27 +376,41 @@ def generate_world(*, classes, colours, contexts, n_train, n_val, n_test, n_pool
     return Prepared(splits=splits, meta=meta, ground_truth=truth)
 
 
+class WorldSettingError(ValueError):
+    """A world setting that cannot be drawn: its dotted ``key``, ``value`` and what was ``expected``
+    (failmap.params reports it as any params error)."""
+
+    def __init__(self, key: str, value, expected: str):
+        super().__init__(f"{key} = {value!r}: expected {expected}")
+        self.key, self.value, self.expected = key, value, expected
+
+
 def check_superclasses(classes: list[str], superclasses: list[list[str]], rare_members) -> None:
     """One group of at least two known, distinct shapes per class, each shape in
     one group; ``rare_members`` (if given) one member of each group."""
     if len(superclasses) != len(classes):
-        raise ValueError(f"world.superclasses: {len(superclasses)} groups for {len(classes)} world.classes")
+        raise WorldSettingError("world.superclasses", superclasses, f"one list of member shapes per entry of "
+                                f"world.classes ({len(classes)}), got {len(superclasses)}")
     seen: dict[str, str] = {}
-    for name, members in zip(classes, superclasses):
+    for i, (name, members) in enumerate(zip(classes, superclasses)):
         if len(members) < 2:
-            raise ValueError(f"world.superclasses: class {name} has {len(members)} member(s); at least 2 needed")
+            raise WorldSettingError(f"world.superclasses[{i}]", members, f"at least 2 member shapes for class "
+                                    f"{name} (one is the rare one)")
         for m in members:
             if m not in SHAPES:
-                raise ValueError(f"world.superclasses: class {name}: unknown shape '{m}'; known: {list(SHAPES)}")
+                raise WorldSettingError(f"world.superclasses[{i}]", members, f"shapes the world draws "
+                                        f"({' | '.join(SHAPES)}); class {name} has unknown shape '{m}'")
             if m in seen:
-                raise ValueError(f"world.superclasses: shape '{m}' is in both {seen[m]} and {name}")
+                raise WorldSettingError("world.superclasses", superclasses, f"each shape in one group only: "
+                                        f"'{m}' is in both {seen[m]} and {name}")
             seen[m] = name
-    if rare_members is not None:
-        if len(rare_members) != len(classes):
-            raise ValueError(f"world.rare_members: {len(rare_members)} entries for {len(classes)} world.classes")
-        for name, members, rare in zip(classes, superclasses, rare_members):
-            if rare not in members:
-                raise ValueError(f"world.rare_members: '{rare}' is not a member of {name} ({members})")
+    if rare_members is not None and len(rare_members) != len(classes):
+        raise WorldSettingError("world.rare_members", rare_members, f"null or one member per entry of "
+                                f"world.classes ({len(classes)}), got {len(rare_members)}")
+    for i, (name, members, rare) in enumerate(zip(classes, superclasses, rare_members or [])):
+        if rare not in members:
+            raise WorldSettingError(f"world.rare_members[{i}]", rare, f"one of world.superclasses[{i}] "
+                                    f"({' | '.join(members)}): '{rare}' is not a member of {name}")
 
 
 def choose_rare_members(superclasses: list[list[str]], seed: int) -> list[str]:
