@@ -2,7 +2,8 @@
 train plus the arm's extra images (synthetic, or selected from the pool) and
 save its test predictions for the evaluate stage (METHOD.md step 6). The
 ``pool_svm`` arm picks by the class SVM, or with ``modes.drive: modes`` by the
-failure modes' scores, spread over each class's modes by share."""
+failure modes' scores, spread over each class's modes by share (``top_mode``:
+all by its largest mode)."""
 import numpy as np
 
 from failmap.data import load_meta, load_split
@@ -10,7 +11,7 @@ from failmap.device import resolve_device
 from failmap.evaluation import predict_labels
 from failmap.finetune import GENERATED_ARMS, FrozenFeatures, finetune_arm, select_pool
 from failmap.io import atomic_path, write_json
-from failmap.modes import ClassModes, load_modes
+from failmap.modes import drive_shares, load_modes
 from failmap.predictions import load_predictions
 from failmap.stage import BASELINE_MODEL, BASELINE_PREDICTIONS, FINETUNED, GENERATED, PREPARED, SVM_DIR, run_stage
 
@@ -44,10 +45,9 @@ def main():
             with np.load(f"{SVM_DIR}/decisions.npz") as z:
                 pool_decision, pool_mode_scores = z["pool_decision"], z["pool_mode_scores"]
             pool_confidence = load_predictions(f"{BASELINE_PREDICTIONS}/pool.csv")["confidence"]
-            if p.modes.drive == "modes":
+            if p.modes.drive != "svm":
                 modes, _ = load_modes(f"{SVM_DIR}/modes.npz")
-                pool_modes = (pool_mode_scores, {k: [m.share for m in v.modes] for k, v in modes.items()
-                                                 if isinstance(v, ClassModes)})
+                pool_modes = (pool_mode_scores, drive_shares(modes, top_only=p.modes.drive == "top_mode"))
         features = FrozenFeatures(BASELINE_MODEL, device)
         predictions, runs = {}, []
         for arm in f.arms:

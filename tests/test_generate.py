@@ -464,3 +464,13 @@ def test_steer_extents_are_keyed_per_mode():
     with pytest.raises(TypeError, match="Steer"):
         plan_eval(FakeDecoder(), CLASSES, REFS, {0: ["not a steer"], 1: SKIP}, [0.5], 2, 0)
     assert isinstance(mode_steers(MODES)[0][1], Steer)
+
+
+def test_top_mode_steering_gives_every_image_to_the_largest_mode():
+    steers = mode_steers(MODES, top_only=True)
+    assert [(s.mode, s.share) for s in steers[0]] == [(0, 1.0), (1, 0.0)] and steers[1] is SKIP
+    plan = plan_direction(FakeDecoder(), CLASSES, REFS, steers, alpha=0.4, n_per_class=10, base_seed=1)
+    assert [len(c.conditions) for c in plan.calls] == [10]
+    ev = plan_eval(FakeDecoder(), CLASSES, REFS, steers, alphas=[0.5], n_per_class=2, base_seed=2)
+    # the evaluation set still walks every mode (the report shows each), whatever share it drives
+    assert sorted({m["mode"] for m in ev._meta if m["mode"] is not None}) == [0, 1]

@@ -40,7 +40,8 @@ printed and recorded in ``GeneratedSet.skipped``.
 Modes (``modes.drive: modes``). What steers a class is a list of ``Steer`` s:
 its one SVM (share 1, ``svm_steers``), or each of its failure modes
 (``failmap.modes``) with its share of the class's val errors
-(``mode_steers``). The ``caption`` and ``direction`` arms spread a class's
+(``mode_steers``; ``modes.drive: top_mode``: its largest mode alone). The
+``caption`` and ``direction`` arms spread a class's
 ``n_per_class`` images over its steers by share (``spread``, largest
 remainder), one decoder call per (class, mode) with seed
 ``derive_seed(base_seed, set, class, "mode<j>")`` and the mode's own
@@ -68,7 +69,7 @@ from failmap.conditions import (check_count, check_references, class_poles, clas
 from failmap.decoders.loader import check_compatible, load_decoder
 from failmap.decoders.sphere import slerp
 from failmap.generated import EVAL_SET, GeneratedSet
-from failmap.modes import ClassModes, Mode, spread
+from failmap.modes import ClassModes, Mode, drive_shares, spread
 from failmap.svm import ClassSVM, Skip, load_svms
 
 TRAIN_ARMS = ("generic", "caption", "direction")
@@ -100,9 +101,12 @@ def svm_steers(svms: Mapping[int, ClassSVM | Skip]) -> dict[int, list[Steer] | S
     return {k: v if isinstance(v, Skip) else [Steer(v, 1.0)] for k, v in svms.items()}
 
 
-def mode_steers(modes: Mapping[int, ClassModes | Skip]) -> dict[int, list[Steer] | Skip]:
-    """Each class steered by its failure modes, largest share first (a ``Skip`` stays a skip)."""
-    return {k: v if isinstance(v, Skip) else [Steer(m, m.share, j) for j, m in enumerate(v.modes)]
+def mode_steers(modes: Mapping[int, ClassModes | Skip], top_only: bool = False) -> dict[int, list[Steer] | Skip]:
+    """Each class steered by its failure modes, largest share first, each
+    taking the share ``failmap.modes.drive_shares`` gives it (``top_only``:
+    the largest mode takes all); a ``Skip`` stays a skip."""
+    shares = drive_shares(modes, top_only)
+    return {k: v if isinstance(v, Skip) else [Steer(m, s, j) for j, (m, s) in enumerate(zip(v.modes, shares[k]))]
             for k, v in modes.items()}
 
 
@@ -477,7 +481,8 @@ def load_generation_inputs(p, meta: dict) -> GenerationInputs:
     captions_file = f"{CAPTIONS_DIR}/{HARD_CAPTIONS_FILE}"  # the caption stage's data out
     hard_captions = read_hard_captions(captions_file, classes)
     mode_captions = read_mode_captions(captions_file, classes)
-    steers = svm_steers(svms) if p.modes.drive == "svm" else mode_steers(load_modes(f"{SVM_DIR}/modes.npz")[0])
+    steers = svm_steers(svms) if p.modes.drive == "svm" else \
+        mode_steers(load_modes(f"{SVM_DIR}/modes.npz")[0], top_only=p.modes.drive == "top_mode")
     train_pred = load_predictions(f"{BASELINE_PREDICTIONS}/train.csv")
     references = class_reference_embeddings(load_embeddings(EMBEDDINGS, "train", train_pred["id"]),
                                             train_pred["label"], len(classes))

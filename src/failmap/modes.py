@@ -222,6 +222,15 @@ def mode_scores(results: dict[int, ClassModes | Skip], X_raw, labels, max_modes:
     return out
 
 
+def drive_shares(results: dict[int, ClassModes | Skip], top_only: bool = False) -> dict[int, list[float]]:
+    """Per class with modes, the share of the steered images (or pool picks)
+    each of its modes takes, largest first: the modes' own shares of the
+    class's val errors, or with ``top_only`` (``modes.drive: top_mode``) all to
+    the largest mode."""
+    return {k: [1.0] + [0.0] * (len(v.modes) - 1) if top_only else [m.share for m in v.modes]
+            for k, v in results.items() if isinstance(v, ClassModes)}
+
+
 def spread(n: int, shares: Sequence[float]) -> list[int]:
     """``n`` images (or pool picks) split into whole counts proportional to a
     class's mode ``shares`` (largest remainder: floors first, then one more to
