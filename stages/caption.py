@@ -53,28 +53,9 @@ def main():
                    if isinstance(d, dict) and "phrase" in d}
         for k, name in enumerate(classes):
             svm = svms[k]
-            if not isinstance(svm, ClassSVM):
-                rows.append(SummaryRow(name, planted=planted.get(name), skip_reason=svm.reason))
-                continue
             bank = sources.bank(k, name)
-            bank_sizes[name] = len(bank)
-            top = describe_class(bank, embedder.embed_texts, cap.template, name, pre, svm, cap.top_k, cap.diversity)
-            ranked[name] = top.pop("ranked_hard")
-            tops[name] = top
-            hard = [t["caption"] for t in top["hard"]]
-            easy = [t["caption"] for t in top["easy"]]
-            quality = svm_metrics.get(name, {}).get("svm", {})
-            rows.append(SummaryRow(name, quality.get("balanced_accuracy"), quality.get("auroc"),
-                                   quality.get("subpop_ap"), hard, easy, planted.get(name),
-                                   hard_carried_by=[t["carried_by"] for t in top["hard"]],
-                                   easy_carried_by=[t["carried_by"] for t in top["easy"]]))
             order = np.flatnonzero(test.labels == k)
-            order = order[np.argsort(decision[order], kind="stable")]
-            image_grid(test.images[order[:GRID]], f"{PLOTS}/captions/{name}_hard.png",
-                       title=f"{name}, hardest test images: {hard[0]}")
-            image_grid(test.images[order[::-1][:GRID]], f"{PLOTS}/captions/{name}_easy.png",
-                       title=f"{name}, easiest test images: {easy[0]}")
-            if isinstance(modes[k], ClassModes):
+            if isinstance(modes[k], ClassModes):  # a class's modes are captioned whether or not it has an SVM
                 mode_tops[name] = []
                 for j, mode in enumerate(modes[k].modes):
                     described = describe_class(bank, embedder.embed_texts, cap.template, name, pre, mode, cap.top_k,
@@ -86,6 +67,25 @@ def main():
                     image_grid(test.images[by_mode[:GRID]], f"{PLOTS}/captions/{name}_mode{j}_hard.png",
                                title=f"{name}, mode {j} ({mode.share:.0%} of val errors), most like it: "
                                      f"{described['hard'][0]['caption']}")
+            if not isinstance(svm, ClassSVM):
+                rows.append(SummaryRow(name, planted=planted.get(name), skip_reason=svm.reason))
+                continue
+            bank_sizes[name] = len(bank)
+            top = describe_class(bank, embedder.embed_texts, cap.template, name, pre, svm, cap.top_k, cap.diversity)
+            ranked[name] = top.pop("ranked_hard")
+            tops[name] = top
+            hard = [t["caption"] for t in top["hard"]]
+            easy = [t["caption"] for t in top["easy"]]
+            quality = svm_metrics.get(name, {}).get("svm", {})
+            rows.append(SummaryRow(name, quality.get("balanced_accuracy"), quality.get("auroc"),
+                                   quality.get("subpop_ap"), hard, easy, planted.get(name),
+                                   hard_carried_by=[t["carried_by"] for t in top["hard"]],
+                                   easy_carried_by=[t["carried_by"] for t in top["easy"]]))
+            order = order[np.argsort(decision[order], kind="stable")]
+            image_grid(test.images[order[:GRID]], f"{PLOTS}/captions/{name}_hard.png",
+                       title=f"{name}, hardest test images: {hard[0]}")
+            image_grid(test.images[order[::-1][:GRID]], f"{PLOTS}/captions/{name}_easy.png",
+                       title=f"{name}, easiest test images: {easy[0]}")
 
         metrics = {"top": tops, "ranked_hard": ranked, "sources": list(cap.sources), "diversity": cap.diversity,
                    "n_captions_per_class": max(bank_sizes.values(), default=0), "bank_size": bank_sizes,
@@ -95,8 +95,12 @@ def main():
                                           planted, k=3)
             metrics["planted_in_top3_hard"] = hits
             metrics["planted_in_top3_ranked_hard"] = planted_attribute_hits(ranked, planted, k=3)  # diversity 0
-            metrics["modes_planted_in_top3_hard"] = mode_planted_hits(
-                {n: [[t["caption"] for t in m["hard"]] for m in ms] for n, ms in mode_tops.items()}, planted, k=3)
+            # top 1 too: the caption arm decodes the top generate.n_captions (default 1) of what drives it
+            metrics["planted_in_top1_hard"] = planted_attribute_hits(
+                {n: [t["caption"] for t in t_["hard"]] for n, t_ in tops.items()}, planted, k=1)
+            mode_hard = {n: [[t["caption"] for t in m["hard"]] for m in ms] for n, ms in mode_tops.items()}
+            metrics["modes_planted_in_top3_hard"] = mode_planted_hits(mode_hard, planted, k=3)
+            metrics["modes_planted_in_top1_hard"] = mode_planted_hits(mode_hard, planted, k=1)
         write_hard_captions(f"{CAPTIONS_DIR}/{HARD_CAPTIONS_FILE}", tops, mode_tops)
         write_json(f"{METRICS}/captions.json", metrics)
         write_summary_markdown(f"{CAPTIONS_DIR}/summary.md", rows)
