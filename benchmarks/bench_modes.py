@@ -3,8 +3,10 @@ confidence, random and Domino, on the same embeddings and predictions.
 
     python benchmarks/bench_modes.py build two_cause /tmp/modes-two_cause   # pipeline copy, dvc repro fit_svms
     python benchmarks/bench_modes.py build digits /tmp/modes-digits
+    python benchmarks/bench_modes.py build superclass /tmp/modes-superclass [--seed 1]
     python benchmarks/bench_modes.py score default=data two_cause=/tmp/modes-two_cause/data \\
-        digits=/tmp/modes-digits/data [--domino /work/venv-domino/bin/python]
+        digits=/tmp/modes-digits/data superclass=/tmp/modes-superclass/data \\
+        [--domino /work/venv-domino/bin/python]
 
 ``build`` makes a temporary copy of the repository (the files the tiny
 end-to-end test copies, ``failmap.smoke.COPIED``) with the dataset's overrides
@@ -24,12 +26,24 @@ embeddings and predictions are the pipeline's own.
   one split; each is written ``DIGITS_COPIES`` times, upscaled and placed
   at a random offset. Captions ("a photo of the digit seven") of train and pool images make
   the corpus on which ``clip.source: corpus`` trains the CLIP.
+- ``superclass``: the superclass world of ``benchmarks/bench_superclass.py``
+  (its ``OVERRIDES`` and first caption setting, so the two benchmarks build
+  byte-identical params.yaml files): classes are groups of shapes, one member
+  of each group rare in train, the ground truth. A folder kept by
+  ``bench_superclass.py --keep DIR`` (reproduced up to ``caption``) is scored
+  as it is (``superclass=DIR/data``), and a folder built here can be given to
+  ``bench_superclass.py --reuse DIR`` (only its caption stages then run).
 
 ``score`` reads each data folder (``prepared``, ``baseline``, ``embeddings``),
-fits every method on val and scores test: per class with ground truth, the
+fits every method on val and scores test, with the ``svm:``, ``modes:`` and
+``seed`` of the params.yaml beside the data folder (the pipeline that built
+it; ``--params`` overrides, e.g. to vary the fitting seed): per class with ground truth, the
 average precision of the planted subpopulation (dcbench's matching: a method
 with several slices or modes gets its best one per class). Domino runs in its
 own Python 3.9 venv (``/work/shared/PEERS.md``) as a subprocess on .npz files.
+Without ``--params``, where the data folder's pipeline wrote
+``metrics/svm.json``, the refitted SVM's AP must equal the pipeline's own (a
+check that the scored embeddings, params and seed are the pipeline's).
 """
 from __future__ import annotations
 
@@ -51,6 +65,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from failmap import smoke  # noqa: E402
+from failmap.params import overlay, params_from_dict  # noqa: E402
+
+import bench_superclass  # noqa: E402  (this folder is on sys.path when a script here runs)
 
 SEED = 0
 
@@ -62,21 +79,25 @@ TWO_CAUSE = {
 }
 DIGITS_ROOT = "data/raw/digits"
 DIGITS_CAPTIONS = "data/raw/digits_captions.csv"
-DIGITS = {
-    "data": {"source": "imagefolder", "root": DIGITS_ROOT, "captions_file": DIGITS_CAPTIONS},
-    "clip": {"source": "corpus", "train": {"steps": 600}},
-    "decoder": {"source": "corpus"},  # not run up to fit_svms; the shipped world decoder is refused here
-}
-OVERRIDES = {"two_cause": TWO_CAUSE, "digits": DIGITS}
-
 # Superclasses of the digits folder: name -> member digits.
 DIGIT_SUPERCLASSES = {"low": [0, 1, 2], "middle": [3, 4, 5], "high": [6, 7, 8, 9]}
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DIGITS_SPLIT_SHARES = {"train": 0.4, "val": 0.2, "test": 0.2, "pool": 0.2}
 DIGITS_RARE_KEEP = 0.05  # share of the rare member's train images that stay in train
 DIGITS_COPIES = 3        # shifted copies written of each source image
-DIGITS_SIDE = 32         # pixels of the written image
+DIGITS_SIDE = 32         # pixels of the written image (data.image_size: the shipped models' side)
 DIGITS_SCALE = 3         # the 8x8 digit is upscaled (nearest neighbour) by this, then placed at a random offset
+DIGITS = {
+    "world": None,  # no procedural world; the world's data keys mean nothing to an image folder:
+    "~data": None,  # data replaced, not merged (failmap.params.overlay)
+    "data": {"source": "imagefolder", "root": DIGITS_ROOT, "image_size": DIGITS_SIDE,
+             "captions_file": DIGITS_CAPTIONS},
+    "clip": {"source": "corpus", "train": {"steps": 600}},
+    "decoder": {"source": "corpus"},  # not run up to fit_svms; the shipped world decoder is refused here
+}
+# the superclass world exactly as bench_superclass.py builds it (its first caption setting, which fit_svms ignores)
+SUPERCLASS = bench_superclass.with_caption(next(iter(bench_superclass.SETTINGS.values())))
+OVERRIDES = {"two_cause": TWO_CAUSE, "digits": DIGITS, "superclass": SUPERCLASS}
 
 
 # ---------------------------------------------------------------------- build
@@ -134,9 +155,10 @@ def build(name: str, dest: Path, seed: int | None = None) -> None:
         elif src.exists():
             (dest / item).parent.mkdir(parents=True, exist_ok=True)
             (dest / item).write_bytes(src.read_bytes())
-    params = smoke.merge(yaml.safe_load((REPO / "params.yaml").read_text()), OVERRIDES[name])
+    params = overlay(yaml.safe_load((REPO / "params.yaml").read_text()), OVERRIDES[name])
     if seed is not None:
         params["seed"] = seed
+    params_from_dict(params)  # a bad override is refused here, naming its key, before any work
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if name == "digits":
         print(json.dumps(write_digits_folder(dest, params["seed"])), flush=True)
@@ -216,8 +238,11 @@ def run_domino(python: str, ds: dict, classes: list[int], seed: int) -> dict[str
     return out
 
 
-def score_dataset(name: str, data_dir: Path, params: dict, domino_python: str | None, seed: int) -> dict:
-    """Per class AP of the planted subpopulation on test for every method, and their means."""
+def score_dataset(name: str, data_dir: Path, params: dict, domino_python: str | None, seed: int,
+                  own_params: bool = True) -> dict:
+    """Per class AP of the planted subpopulation on test for every method, and their means. With
+    ``own_params`` (the params of the pipeline that built ``data_dir``) the refitted SVM must match the
+    pipeline's ``metrics/svm.json`` where it exists."""
     from failmap.modes import ClassModes, fit_all_modes, mode_scores
     from failmap.ranking import average_precision, expected_random_ap
     from failmap.svm import ClassSVM, decision_values, fit_all
@@ -263,6 +288,14 @@ def score_dataset(name: str, data_dir: Path, params: dict, domino_python: str | 
         row["shares"] = [round(m.share, 3) for m in fitted.modes]
         row["n_val_errors"] = fitted.n_errors
         rows[ds["classes"][k]] = row
+    pipeline_svm = data_dir.resolve().parent / "metrics" / "svm.json"
+    if own_params and pipeline_svm.is_file():  # the refit must be the pipeline's own: same embeddings, params, seed
+        own = json.loads(pipeline_svm.read_text())["per_class"]
+        for cls, row in rows.items():
+            theirs = own.get(cls, {}).get("svm", {}).get("subpop_ap")
+            if theirs is not None and abs(theirs - row["svm"]) > 5e-4:  # svm.json rounds to 4 decimals
+                raise SystemExit(f"{name}: class {cls}: refitted SVM AP {row['svm']:.4f} but the pipeline's "
+                                 f"{pipeline_svm} says {theirs}: other params or seed than the pipeline's?")
     methods = [m for m in ("svm", "modes_best", "modes_top", "confidence", "random", *DOMINO_WEIGHTS)
                if rows and m in next(iter(rows.values()))]
     mean = {m: float(np.mean([r[m] for r in rows.values()])) for m in methods}
@@ -293,21 +326,27 @@ def main(argv=None):
     sc.add_argument("datasets", nargs="+", metavar="NAME=DATA_DIR",
                     help="a name and a pipeline data folder (with prepared/, baseline/, embeddings/)")
     sc.add_argument("--domino", metavar="PYTHON", help="the Domino venv's python (omit: no Domino columns)")
-    sc.add_argument("--params", type=Path, default=REPO / "params.yaml",
-                    help="params file whose svm: and modes: sections the methods use")
+    sc.add_argument("--params", type=Path, help="params file whose seed, svm: and modes: the methods use "
+                    "(default: each data folder's own, the params.yaml beside it)")
     sc.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.command == "build":
         build(args.name, args.dest, args.seed)
         return
-    params = yaml.safe_load(args.params.read_text())
     results = []
     for spec in args.datasets:
         name, _, data_dir = spec.partition("=")
         if not data_dir:
             raise SystemExit(f"'{spec}': expected NAME=DATA_DIR")
+        params_file = args.params or Path(data_dir).resolve().parent / "params.yaml"
+        if not params_file.is_file():
+            raise SystemExit(f"'{spec}': no params file {params_file} (the pipeline's beside the data folder); "
+                             "give one with --params")
+        params = yaml.safe_load(params_file.read_text())
         start = time.time()
-        results.append(score_dataset(name, Path(data_dir), params, args.domino, params.get("seed", SEED)))
+        results.append(score_dataset(name, Path(data_dir), params, args.domino, params.get("seed", SEED),
+                                     own_params=args.params is None))
+        results[-1]["params"] = str(params_file)
         results[-1]["timings"]["total_s"] = time.time() - start
         print(f"{name}: scored in {results[-1]['timings']['total_s']:.0f} s", file=sys.stderr, flush=True)
     print_table(results)

@@ -13,6 +13,14 @@ diagnostic it also prints the baseline's test accuracy per member and whether
 the top-3 name the member the baseline fails on most.
 
     python benchmarks/bench_superclass.py [--seed 0] [--keep DIR | --reuse DIR]
+    python benchmarks/bench_superclass.py --summarize DIR [DIR ...]   # folders --keep left, one per seed
+
+A kept folder also holds the printed JSON object (``RESULT_FILE``);
+``--summarize`` tabulates those of several seeds, with the mean and a 95 %
+Student-t interval over seeds of each figure (``benchmarks/superclass.md``).
+A folder kept here is also a dataset of ``benchmarks/bench_modes.py score``
+(``superclass=DIR/data``), which builds its superclass world from this file's
+``OVERRIDES``.
 
 A few minutes of CPU on two cores. Ground truth (which member is rare) only
 scores: the caption bank's sub-type nouns are the world's member vocabulary.
@@ -32,9 +40,11 @@ from pathlib import Path
 import yaml
 
 from failmap.captions import names_attribute
-from failmap.smoke import COPIED, merge, pipeline_env, repo_root
+from failmap.params import overlay
+from failmap.smoke import COPIED, pipeline_env, repo_root
 
 BARS = {"rare_member_in_top3_hard": 0.8, "rare_member_ap": 0.8}
+RESULT_FILE = "bench_superclass.json"  # in a kept folder: the printed JSON object
 
 OVERRIDES = {
     "seed": 0,
@@ -81,21 +91,39 @@ def make_copy(repo: Path, dest: Path, overrides: dict) -> Path:
 
 def write_params(repo: Path, dest: Path, overrides: dict) -> None:
     base = yaml.safe_load((repo / "params.yaml").read_text())
-    (dest / "params.yaml").write_text(yaml.safe_dump(merge(base, overrides), sort_keys=False))
+    (dest / "params.yaml").write_text(yaml.safe_dump(overlay(base, overrides), sort_keys=False))
 
 
-def member_accuracy(work: Path) -> dict[str, dict[str, float]]:
-    """Baseline test accuracy per class and member shape (ground truth: scoring only)."""
+def test_hits(work: Path) -> dict[tuple[str, str, bool], list[int]]:
+    """(class, member shape, is the rare member) -> the baseline's 0/1 correctness on each test image of it
+    (ground truth: scoring only)."""
     with open(work / "data/prepared/ground_truth.csv", newline="") as f:
-        member = {r["id"]: (r["class_name"], r["member"]) for r in csv.DictReader(f) if r["split"] == "test"}
-    hits: dict[tuple[str, str], list[int]] = {}
+        member = {r["id"]: (r["class_name"], r["member"], r["subpop"] == "1")
+                  for r in csv.DictReader(f) if r["split"] == "test"}
+    hits: dict[tuple[str, str, bool], list[int]] = {}
     with open(work / "data/baseline/test.csv", newline="") as f:
         for r in csv.DictReader(f):
             hits.setdefault(member[r["id"]], []).append(int(r["correct"]))
+    return hits
+
+
+def member_accuracy(work: Path) -> dict[str, dict[str, float]]:
+    """Baseline test accuracy per class and member shape."""
     out: dict[str, dict[str, float]] = {}
-    for (name, shape), correct in sorted(hits.items()):
+    for (name, shape, _), correct in sorted(test_hits(work).items()):
         out.setdefault(name, {})[shape] = round(sum(correct) / len(correct), 3)
     return out
+
+
+def rare_vs_rest_accuracy(work: Path) -> dict[str, dict[str, float]]:
+    """Per class, the baseline's test accuracy on its rare member and on the rest of the class (all other
+    members together): does the baseline fail on the rare member at all?"""
+    pooled: dict[str, dict[str, list[int]]] = {}
+    for (name, _, rare), correct in test_hits(work).items():
+        pooled.setdefault(name, {"rare": [], "rest": []})["rare" if rare else "rest"].extend(correct)
+    return {name: {part: round(sum(c) / len(c), 3) for part, c in parts.items()} | {
+                f"n_{part}": len(c) for part, c in parts.items()}
+            for name, parts in sorted(pooled.items())}
 
 
 def repro(work: Path, stage: str) -> float:
@@ -106,6 +134,66 @@ def repro(work: Path, stage: str) -> float:
     return time.time() - start
 
 
+def summarize(dirs: list[Path]) -> str:
+    """Markdown: one row per kept folder (one seed) and the mean over them with a 95 % Student-t interval of
+    each figure: the rare-member caption hit rate per setting (over the classes with an SVM, hence captions:
+    "(named/captioned of all)"), the SVM AP of the rare member (mean over the classes that have an SVM) and
+    the baseline's test accuracy on the rare member and on the rest of its class (means over classes)."""
+    from failmap.study import interval
+
+    reports = []
+    for d in dirs:
+        path = d / RESULT_FILE
+        if not path.is_file():
+            raise SystemExit(f"--summarize {d}: no {RESULT_FILE} (a folder a --keep run of this script left)")
+        reports.append(json.loads(path.read_text()))
+    labels = list(SETTINGS)
+    diagnostic = labels[1]  # the first bank with sub-type nouns: does it name the member the baseline fails on?
+    figures: dict[str, list[float]] = {}
+
+    def cell(name: str, value: float | None, note: str = "") -> str:
+        if value is not None:
+            figures.setdefault(name, []).append(value)
+        return "—" if value is None else f"{value:.2f}{note}"
+
+    def hits(rep: dict, label: str) -> str:  # the fraction is over the classes with captions (an SVM)
+        named = rep["settings"][label]["per_class"]
+        of_all = "" if len(named) == len(rep["svm_rare_member_ap"]) else f" of {len(rep['svm_rare_member_ap'])}"
+        return cell(label, rep["settings"][label]["rare_member_in_top3_hard"],
+                    f" ({sum(named.values())}/{len(named)}{of_all})")
+
+    head = ["seed", "rare members", "baseline test accuracy, rare member / rest of class",
+            "SVM AP of the rare member", "mean SVM AP", "mean accuracy rare / rest", *labels,
+            f"(diagnostic) {diagnostic}: the lowest-accuracy member named"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rep in reports:
+        acc, ap, rare = rep["baseline_test_accuracy_rare_vs_rest"], rep["svm_rare_member_ap"], rep["rare_members"]
+        fitted = [v for v in ap.values() if v is not None]
+        mean_rare = sum(a["rare"] for a in acc.values()) / len(acc)
+        mean_rest = sum(a["rest"] for a in acc.values()) / len(acc)
+        row = [str(rep["overrides"]["seed"]), ", ".join(rare[c] for c in ap),
+               ", ".join(f"{acc[c]['rare']:.2f} / {acc[c]['rest']:.2f}" for c in ap),
+               ", ".join("—" if ap[c] is None else f"{ap[c]:.2f}" for c in ap),
+               cell("mean SVM AP", sum(fitted) / len(fitted) if fitted else None),
+               cell("accuracy rare", mean_rare) + " / " + cell("accuracy rest", mean_rest),
+               *(hits(rep, label) for label in labels),
+               cell("worst", rep["settings"][diagnostic]["worst_member_in_top3_hard"])]
+        lines.append("| " + " | ".join(row) + " |")
+
+    def mean_cell(name: str) -> str:
+        stats = interval(figures.get(name, []))
+        if stats["mean"] is None:
+            return "—"
+        ci = "" if stats["low"] is None else f" [{stats['low']:.2f}, {stats['high']:.2f}]"
+        return f"**{stats['mean']:.2f}**{ci}"
+
+    lines.append("| " + " | ".join([f"mean of {len(reports)} [95 % t interval]", "", "", "",
+                                     mean_cell("mean SVM AP"),
+                                     mean_cell("accuracy rare") + " / " + mean_cell("accuracy rest"),
+                                     *(mean_cell(label) for label in labels), mean_cell("worst")]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", metavar="DIR", help="work in DIR (must not exist) and keep it")
@@ -113,7 +201,12 @@ def main(argv: list[str] | None = None) -> int:
                         "re-run only the stages that changed (after a caption-only edit: the caption stage)")
     parser.add_argument("--seed", type=int, default=OVERRIDES["seed"],
                         help="the master seed (draws the world, its rare members and every model)")
+    parser.add_argument("--summarize", metavar="DIR", nargs="+", type=Path,
+                        help="only tabulate the results of these kept folders (one per seed), with intervals")
     args = parser.parse_args(argv)
+    if args.summarize:
+        print(summarize(args.summarize))
+        return 0
     OVERRIDES["seed"] = args.seed
     repo = repo_root()
     work = Path(args.keep or args.reuse or tempfile.mkdtemp(prefix="failmap-superclass-"))
@@ -137,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         rare = {name: d["value"] for name, d in meta["planted"].items()}
         print(f"superclasses {meta['subtypes']}; rare members (ground truth) {rare}")
         accuracy = member_accuracy(work)
+        rare_vs_rest = rare_vs_rest_accuracy(work)
         print(f"baseline test accuracy per member: {accuracy}")
+        print(f"baseline test accuracy on the rare member / the rest of its class: {rare_vs_rest}")
         print(f"SVM AP of the rare member on test: {ap} (bar >= {BARS['rare_member_ap']})")
         results = {}
         for label, setting in SETTINGS.items():
@@ -160,9 +255,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{worst_hits} of {len(top3)}")
             for name, rows in top3.items():
                 print(f"  {name} (rare: {rare[name]}): " + " | ".join(f"{c} [{s}]" for c, s in rows))
-        print(json.dumps({"bars": BARS, "rare_members": rare, "svm_rare_member_ap": ap,
-                          "baseline_test_accuracy_per_member": accuracy, "settings": results,
-                          "seconds": seconds, "overrides": OVERRIDES}, indent=1))
+        report = {"bars": BARS, "rare_members": rare, "svm_rare_member_ap": ap,
+                  "baseline_test_accuracy_per_member": accuracy, "baseline_test_accuracy_rare_vs_rest": rare_vs_rest,
+                  "settings": results, "seconds": seconds, "overrides": OVERRIDES}
+        print(json.dumps(report, indent=1))
+        if args.keep or args.reuse:
+            (work / RESULT_FILE).write_text(json.dumps(report, indent=1))
         return 0
     finally:
         if not (args.keep or args.reuse):
