@@ -1,23 +1,28 @@
 """Stage caption: name each class's failure direction in words (METHOD.md
-step 4) and show its hardest and easiest test images.
+step 4) and show its hardest and easiest test images, for the class's one
+SVM direction and for each of its failure modes (failmap.modes).
 
 The caption bank comes from ``caption.sources`` (failmap.caption_sources),
 all of it read and checked before any model loads. The top hard captions go
 to ``data/captions/hard_captions.json`` (what generate reads); the metrics add
-each caption's source and the slot that carries its score."""
+each caption's source and the slot that carries its score. A mode's captions
+are scored by the mode's decision function exactly as the SVM's are
+(``describe_class`` takes either); both sets are written, whichever
+``modes.drive`` steers generate."""
 import numpy as np
 
 from failmap.caption_sources import check_sources
-from failmap.captions import (HARD_CAPTIONS_FILE, SummaryRow, describe_class, planted_attribute_hits,
-                              write_hard_captions, write_summary_markdown)
+from failmap.captions import (HARD_CAPTIONS_FILE, SummaryRow, describe_class, mode_planted_hits,
+                              planted_attribute_hits, write_hard_captions, write_summary_markdown)
 from failmap.data import load_meta, load_split
 from failmap.embedder import load_embedder
 from failmap.io import read_json, write_json
+from failmap.modes import ClassModes, load_modes
 from failmap.plots import image_grid
 from failmap.stage import CAPTIONS_DIR, CLIP_DIR, METRICS, PLOTS, PREPARED, SVM_DIR, run_stage
 from failmap.svm import ClassSVM, load_svms
 
-GRID = 16  # hardest / easiest test images shown per class
+GRID = 16  # hardest / easiest test images shown per class (and per mode)
 
 
 def main():
@@ -39,18 +44,32 @@ def main():
         svm_metrics = read_json(f"{METRICS}/svm.json")["per_class"]
         embedder = load_embedder(c.source, c.arch, c.pretrained, CLIP_DIR, c.device, c.batch_size)
         test = load_split(PREPARED, "test")
+        modes, _ = load_modes(f"{SVM_DIR}/modes.npz")
         with np.load(f"{SVM_DIR}/decisions.npz") as z:
-            decision = z["test_decision"]
+            decision, mode_scores = z["test_decision"], z["test_mode_scores"]
 
-        tops, ranked, rows, bank_sizes = {}, {}, [], {}
+        tops, ranked, rows, bank_sizes, mode_tops = {}, {}, [], {}, {}
         planted = {name: d["phrase"] for name, d in meta.get("planted", {}).items()
                    if isinstance(d, dict) and "phrase" in d}
         for k, name in enumerate(classes):
             svm = svms[k]
+            bank = sources.bank(k, name)
+            order = np.flatnonzero(test.labels == k)
+            if isinstance(modes[k], ClassModes):  # a class's modes are captioned whether or not it has an SVM
+                mode_tops[name] = []
+                for j, mode in enumerate(modes[k].modes):
+                    described = describe_class(bank, embedder.embed_texts, cap.template, name, pre, mode, cap.top_k,
+                                               cap.diversity)
+                    described.pop("ranked_hard")
+                    mode_tops[name].append({"share": mode.share, **described})
+                    # hardest by mode score = most like the mode (the mode's decision value is minus the score)
+                    by_mode = order[np.argsort(-mode_scores[order, j], kind="stable")]
+                    image_grid(test.images[by_mode[:GRID]], f"{PLOTS}/captions/{name}_mode{j}_hard.png",
+                               title=f"{name}, mode {j} ({mode.share:.0%} of val errors), most like it: "
+                                     f"{described['hard'][0]['caption']}")
             if not isinstance(svm, ClassSVM):
                 rows.append(SummaryRow(name, planted=planted.get(name), skip_reason=svm.reason))
                 continue
-            bank = sources.bank(k, name)
             bank_sizes[name] = len(bank)
             top = describe_class(bank, embedder.embed_texts, cap.template, name, pre, svm, cap.top_k, cap.diversity)
             ranked[name] = top.pop("ranked_hard")
@@ -62,7 +81,6 @@ def main():
                                    quality.get("subpop_ap"), hard, easy, planted.get(name),
                                    hard_carried_by=[t["carried_by"] for t in top["hard"]],
                                    easy_carried_by=[t["carried_by"] for t in top["easy"]]))
-            order = np.flatnonzero(test.labels == k)
             order = order[np.argsort(decision[order], kind="stable")]
             image_grid(test.images[order[:GRID]], f"{PLOTS}/captions/{name}_hard.png",
                        title=f"{name}, hardest test images: {hard[0]}")
@@ -70,13 +88,20 @@ def main():
                        title=f"{name}, easiest test images: {easy[0]}")
 
         metrics = {"top": tops, "ranked_hard": ranked, "sources": list(cap.sources), "diversity": cap.diversity,
-                   "n_captions_per_class": max(bank_sizes.values(), default=0), "bank_size": bank_sizes}
+                   "n_captions_per_class": max(bank_sizes.values(), default=0), "bank_size": bank_sizes,
+                   "modes": mode_tops}
         if planted:
             hits = planted_attribute_hits({n: [t["caption"] for t in t_["hard"]] for n, t_ in tops.items()},
                                           planted, k=3)
             metrics["planted_in_top3_hard"] = hits
             metrics["planted_in_top3_ranked_hard"] = planted_attribute_hits(ranked, planted, k=3)  # diversity 0
-        write_hard_captions(f"{CAPTIONS_DIR}/{HARD_CAPTIONS_FILE}", tops)
+            # top 1 too: the caption arm decodes the top generate.n_captions (default 1) of what drives it
+            metrics["planted_in_top1_hard"] = planted_attribute_hits(
+                {n: [t["caption"] for t in t_["hard"]] for n, t_ in tops.items()}, planted, k=1)
+            mode_hard = {n: [[t["caption"] for t in m["hard"]] for m in ms] for n, ms in mode_tops.items()}
+            metrics["modes_planted_in_top3_hard"] = mode_planted_hits(mode_hard, planted, k=3)
+            metrics["modes_planted_in_top1_hard"] = mode_planted_hits(mode_hard, planted, k=1)
+        write_hard_captions(f"{CAPTIONS_DIR}/{HARD_CAPTIONS_FILE}", tops, mode_tops)
         write_json(f"{METRICS}/captions.json", metrics)
         write_summary_markdown(f"{CAPTIONS_DIR}/summary.md", rows)
 

@@ -7,7 +7,11 @@ of the neutral evaluation images at least ``generate.min_class_recognition``
 of the time, or the synthetic arms are marked untrusted (stderr, metrics,
 MLflow tag ``failmap.synthetic_trusted``). ``generate.filter`` drops the
 training-arm images CLIP puts in another class. The decoder calls run on the
-engine ``compute`` names (failmap.engine); every image keeps its seed."""
+engine ``compute`` names (failmap.engine); every image keeps its seed.
+``modes.drive`` names what steers the caption and direction arms and the
+evaluation images: each class's SVM, or its failure modes with the images
+spread over them by share (failmap.generate); with modes, the metrics add the
+baseline's accuracy on each mode's decoded images."""
 import sys
 
 from failmap.captions import reference_caption
@@ -17,8 +21,8 @@ from failmap.device import resolve_device
 from failmap.engine import open_engine
 from failmap.evaluation import (accuracy_on_generated, clip_class_predictions, decoded_decision_report,
                                 generator_check, hard_neutral_easy_report)
-from failmap.generate import (decode_plans, load_generation_inputs, load_inputs_decoder, plan_caption, plan_direction,
-                              plan_eval, plan_generic)
+from failmap.generate import (decode_plans, load_generation_inputs, load_inputs_decoder, mode_eval_report,
+                              plan_caption, plan_direction, plan_eval, plan_generic)
 from failmap.generated import keep_on_class, save_generated, save_grid, write_manifest
 from failmap.io import write_json
 from failmap.models import load_classifier
@@ -31,7 +35,7 @@ def main():
         meta = load_meta(PREPARED)
         classes = meta["classes"]
         inputs = load_generation_inputs(p, meta)
-        decoder, embedder, svms, references = inputs.decoder, inputs.embedder, inputs.svms, inputs.references
+        decoder, embedder, steers, references = inputs.decoder, inputs.embedder, inputs.steers, inputs.references
         decode = sampling_settings(p.decoder)
         n, seed = g.n_per_class, p.seed
         plans = []
@@ -39,11 +43,12 @@ def main():
         if "generic" in p.finetune.arms:
             plans.append(plan_generic(embedder.embed_texts, classes, refs, n, seed))
         if "caption" in p.finetune.arms:
-            plans.append(plan_caption(decoder, embedder.embed_texts, classes, inputs.hard_captions, svms, n, seed,
-                                      n_captions=g.n_captions, references=references, weight=g.caption_weight))
+            plans.append(plan_caption(decoder, embedder.embed_texts, classes, inputs.hard_captions, steers, n, seed,
+                                      n_captions=g.n_captions, references=references, weight=g.caption_weight,
+                                      mode_captions=inputs.mode_captions))
         if "direction" in p.finetune.arms:
-            plans.append(plan_direction(decoder, classes, references, svms, g.alpha, n, seed, inputs.extents))
-        plans.append(plan_eval(decoder, classes, references, svms, g.eval_alphas, g.n_eval_per_class, seed,
+            plans.append(plan_direction(decoder, classes, references, steers, g.alpha, n, seed, inputs.extents))
+        plans.append(plan_eval(decoder, classes, references, steers, g.eval_alphas, g.n_eval_per_class, seed,
                                inputs.extents))
         with open_engine(p.compute) as engine:  # every decoder call of every set: one job
             *sets, eval_set = decode_plans(plans, engine, load_inputs_decoder(p, meta), decoder, **decode)
@@ -75,8 +80,10 @@ def main():
 
         device = resolve_device(p.baseline.device)
         model, _ = load_classifier(BASELINE_MODEL, device)
-        metrics = {"eval": hard_neutral_easy_report(model, eval_set, classes, device),
-                   "eval_svm_decision": decoded_decision_report(embedder.embed_images, svms, eval_set),
+        metrics = {"drive": p.modes.drive,
+                   "eval": hard_neutral_easy_report(model, eval_set, classes, device),
+                   "eval_by_mode": mode_eval_report(model, eval_set, classes, device),
+                   "eval_svm_decision": decoded_decision_report(embedder.embed_images, inputs.svms, eval_set),
                    "train_arms": {s.name: accuracy_on_generated(model, s.images, s.labels, device, classes)
                                   for s in sets if s is not eval_set},
                    "n_images": {s.name: int(len(s)) for s in sets}, "generator_check": check,

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from failmap.caption_sources import Candidate, check_sources, read_caption_file, template_candidates
-from failmap.captions import (SummaryRow, agree_articles, caption_bank, caption_shifts, describe_class,
-                              names_attribute, planted_attribute_hits, read_hard_captions, reference_caption,
+from failmap.captions import (mode_planted_hits, SummaryRow, agree_articles, caption_bank, caption_shifts, describe_class,
+                              names_attribute, planted_attribute_hits, read_hard_captions, read_mode_captions, reference_caption,
                               score_captions, select_diverse, slot_effects, summary_markdown, top_captions,
                               write_hard_captions, write_summary_markdown)
 from failmap.data import Split
@@ -359,6 +359,7 @@ def test_describe_class_and_hard_captions_file(tmp_path):
     write_hard_captions(tmp_path / "hard.json", {"circle": out})
     assert read_hard_captions(tmp_path / "hard.json", ["circle", "square"]) == \
         {0: [t["caption"] for t in out["hard"]]}
+    assert read_mode_captions(tmp_path / "hard.json", ["circle", "square"]) == {}
     with pytest.raises(ValueError, match="not classes of the prepared data"):
         read_hard_captions(tmp_path / "hard.json", ["square"])
     with pytest.raises(FileNotFoundError, match="run the caption stage"):
@@ -368,3 +369,32 @@ def test_describe_class_and_hard_captions_file(tmp_path):
 def test_summary_marks_the_carrying_slot():
     rows = [SummaryRow("circle", hard=["a moon", "b"], easy=["c"], hard_carried_by=["noun", None])]
     assert "a moon *(noun)*<br>b | c |" in summary_markdown(rows)
+
+
+def test_a_mode_is_captioned_by_its_own_score_and_written_with_its_share(tmp_path):
+    """describe_class takes a failure mode where it takes the SVM: the mode pointing
+    at the known shift ranks the captions that carry it hardest."""
+    from failmap.modes import Mode
+
+    pre, svm, mean, shift = _fitted_svm_with_known_direction()
+    embed_texts, _ = _fake_embedder(mean, shift, np.random.default_rng(5))
+    sources = check_sources(["template"], template=TEMPLATE, adjectives=COLOURS, contexts=CONTEXTS,
+                            classes=["circle", "square"], meta={"source": "world"})
+    # a mode "looks like" the SVM's hard side: its weight is minus the SVM's
+    mode = Mode(weight=-svm.weight, center=np.zeros(pre.dim), preprocessor=pre, n_errors=6, share=0.6)
+    by_svm = describe_class(sources.bank(0, "circle"), embed_texts, TEMPLATE, "circle", pre, svm, 4, 0.0)
+    by_mode = describe_class(sources.bank(0, "circle"), embed_texts, TEMPLATE, "circle", pre, mode, 4, 0.0)
+    assert [t["caption"] for t in by_mode["hard"]] == [t["caption"] for t in by_svm["hard"]]
+    assert "snow" in by_mode["hard"][0]["caption"]
+    other = Mode(weight=svm.weight, center=np.zeros(pre.dim), preprocessor=pre, n_errors=4, share=0.4)
+    by_other = describe_class(sources.bank(0, "circle"), embed_texts, TEMPLATE, "circle", pre, other, 4, 0.0)
+    write_hard_captions(tmp_path / "hard.json", {"circle": by_svm},
+                        {"circle": [{"share": 0.6, **by_mode}, {"share": 0.4, **by_other}]})
+    modes = read_mode_captions(tmp_path / "hard.json", ["circle", "square"])
+    assert [share for share, _ in modes[0]] == [0.6, 0.4]
+    assert modes[0][0][1] == [t["caption"] for t in by_mode["hard"]] and modes[0][1][1][0] != modes[0][0][1][0]
+    hits = mode_planted_hits({"circle": [modes[0][1][1], modes[0][0][1]]}, {"circle": "snow"}, k=1)
+    assert hits["top_mode"]["per_class"] == {"circle": False} and hits["any_mode"]["per_class"] == {"circle": True}
+    (tmp_path / "old.json").write_text('{"circle": ["a photo of a circle"]}')
+    with pytest.raises(ValueError, match="keys 'svm' and 'modes'"):
+        read_hard_captions(tmp_path / "old.json", ["circle"])

@@ -31,6 +31,39 @@ def test_pool_svm_takes_the_lowest_decision_values_per_class():
     assert list(sel.notes) == [2] and "no SVM" in sel.notes[2]
 
 
+# class 0 has two modes (75 % / 25 % of its errors), class 1 one, class 2 none (NaN scores)
+MODE_SCORES = np.array([[5.0, 0.0], [1.0, np.nan], [4.0, 9.0], [3.0, np.nan], [3.0, 1.0], [2.0, np.nan],
+                        [0.0, 2.0], [0.5, np.nan], [np.nan, np.nan], [np.nan, np.nan]])
+MODE_SHARES = {0: [0.75, 0.25], 1: [1.0]}
+
+
+def test_pool_svm_by_modes_spreads_the_picks_over_each_class_modes_by_share():
+    sel = select_pool("pool_svm", LABELS, DECISION, CONFIDENCE, k=4, seed=0, pool_mode_scores=MODE_SCORES,
+                      mode_shares=MODE_SHARES)
+    # class 0: mode 0 takes 3 (scores 5, 4, 3 -> images 0, 2, 4), mode 1 the best of the rest (image 6: 2.0;
+    # image 2 with 9.0 is taken already); class 1: its one mode's top 4; class 2: random, noted
+    assert sel.indices[:4].tolist() == [0, 2, 4, 6] and sel.indices[4:8].tolist() == [3, 5, 1, 7]
+    random = select_pool("pool_random", LABELS, None, None, k=4, seed=0)
+    assert sel.indices[8:].tolist() == random.indices[8:].tolist() and "no failure modes" in sel.notes[2]
+    # without the mode scores: today's SVM picks
+    assert select_pool("pool_svm", LABELS, DECISION, CONFIDENCE, k=2, seed=0).indices[:4].tolist() == [2, 4, 1, 5]
+    # modes.drive: top_mode: every pick by the largest mode (drive_shares gives it all)
+    from failmap.modes import ClassModes, Mode, drive_shares
+    fake = {0: ClassModes(modes=[Mode(np.ones(2), np.zeros(2), None, 3, 0.75), Mode(np.ones(2), np.zeros(2), None, 1, 0.25)],
+                          n_val=9, n_errors=4, silhouette=0.5)}
+    assert drive_shares(fake) == {0: [0.75, 0.25]} and drive_shares(fake, top_only=True) == {0: [1.0, 0.0]}
+    by_share, top = (select_pool("pool_svm", LABELS, DECISION, CONFIDENCE, k=3, seed=0, pool_mode_scores=MODE_SCORES,
+                                 mode_shares={**drive_shares(fake, top_only=top_only), 1: [1.0]})
+                     for top_only in (False, True))
+    assert by_share.indices[:3].tolist() == [0, 2, 6]  # 2 by mode 0 (5, 4), 1 by mode 1 (image 6: 2.0)
+    assert top.indices[:3].tolist() == [0, 2, 4]       # 3 by mode 0 alone (5, 4, 3)
+    with pytest.raises(ValueError, match="needs mode_shares"):
+        select_pool("pool_svm", LABELS, DECISION, CONFIDENCE, k=2, seed=0, pool_mode_scores=MODE_SCORES)
+    with pytest.raises(ValueError, match="NaN for some of its 2 modes"):
+        select_pool("pool_svm", LABELS, DECISION, CONFIDENCE, k=2, seed=0, pool_mode_scores=MODE_SCORES,
+                    mode_shares={0: [0.5, 0.5], 1: [0.5, 0.5]})
+
+
 def test_pool_confidence_takes_the_least_confident_per_class():
     sel = select_pool("pool_confidence", LABELS, DECISION, CONFIDENCE, k=2, seed=0)
     assert sel.indices.tolist() == [2, 4, 7, 1, 9, 8]

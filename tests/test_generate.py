@@ -377,3 +377,100 @@ def test_a_set_the_filter_emptied_is_saved_only_when_allowed(tmp_path):
         save_generated(tmp_path, empty)
     split = load_split(tmp_path, save_generated(tmp_path, empty, allow_empty=True).stem)
     assert len(split) == 0 and split.images.shape[1:] == arm.images.shape[1:]
+
+
+# ------------------------------------------------------------ failure modes steering the arms
+
+from failmap.generate import (Steer, mode_steers, plan_caption, plan_direction, plan_eval, steer_extents,  # noqa: E402
+                              svm_steers)
+from failmap.modes import ClassModes, Mode, spread  # noqa: E402
+
+
+def make_mode(weight, share, n_errors):
+    pre = Preprocessor(mean=np.zeros(len(weight)), std=np.ones(len(weight)))
+    return Mode(weight=np.asarray(weight, float), center=np.zeros(len(weight)), preprocessor=pre,
+                n_errors=n_errors, share=share)
+
+
+# class 0: two modes, 70 % of its errors towards +e2 ("looks like mode 0" = +e2), 30 % towards +e3; class 1: none
+MODES = {0: ClassModes(modes=[make_mode([0, 0, 1.0, 0], 0.7, 7), make_mode([0, 0, 0, 1.0], 0.3, 3)], n_val=50,
+                       n_errors=10, silhouette=0.5), 1: SKIP}
+
+
+def test_spread_is_largest_remainder_and_sums_to_n():
+    assert spread(10, [0.7, 0.3]) == [7, 3]
+    assert spread(10, [0.5, 0.25, 0.25]) == [5, 3, 2]      # equal remainders: the earlier mode
+    assert spread(7, [1 / 3, 1 / 3, 1 / 3]) == [3, 2, 2]
+    assert spread(1, [0.2, 0.8]) == [0, 1]
+    for n in range(0, 30):
+        assert sum(spread(n, [0.45, 0.35, 0.2])) == n
+    with pytest.raises(ValueError, match="shares"):
+        spread(3, [0.0, 0.0])
+    with pytest.raises(ValueError, match="non-negative integer"):
+        spread(-1, [1.0])
+
+
+def test_svm_steering_gives_the_same_bytes_and_seeds_as_before_modes():
+    a = generate_direction(FakeDecoder(), CLASSES, REFS, SVMS, alpha=0.4, n_per_class=6, base_seed=1)
+    b = generate_direction(FakeDecoder(), CLASSES, REFS, svm_steers(SVMS), alpha=0.4, n_per_class=6, base_seed=1)
+    assert a.images.tobytes() == b.images.tobytes() and a.rows == b.rows
+    assert {r["seed"] for r in a.rows} == {derive_seed(1, "direction", "circle")} and {r["mode"] for r in a.rows} == {None}
+    assert [r["id"] for r in a.rows][0] == "direction-circle-a0.4-0000"
+
+
+def test_modes_spread_the_direction_images_by_share_each_along_its_own_mode():
+    steers = mode_steers(MODES)
+    plan = plan_direction(FakeDecoder(), CLASSES, REFS, steers, alpha=0.4, n_per_class=10, base_seed=1)
+    assert [len(c.conditions) for c in plan.calls] == [7, 3]
+    assert [c.seed for c in plan.calls] == [derive_seed(1, "direction", "circle", f"mode{j}") for j in (0, 1)]
+    out = generate_direction(FakeDecoder(), CLASSES, REFS, steers, alpha=0.4, n_per_class=10, base_seed=1)
+    assert [r["mode"] for r in out.rows] == [0] * 7 + [1] * 3 and list(out.skipped) == ["square"]
+    colour = colour_of(out.images)
+    # the hard pole of a mode is towards the mode (its score rises): mode 0 raises the third channel only
+    expected0 = np.clip(slerp(REFS[0], MODES[0].modes[0].weight, 0.4)[:3]
+                        + noise(derive_seed(1, "direction", "circle", "mode0"), 7), -1, 1)
+    np.testing.assert_allclose(colour[:7], expected0, atol=0.01)
+    assert colour[:7, 2].min() > REFS[0][2] - NOISE and colour[7:, 2].max() < colour[:7, 2].min()
+    assert len(set(out.ids)) == 10
+
+
+def test_modes_spread_the_caption_images_over_each_modes_own_captions():
+    mode_captions = {0: [(0.7, ["a photo of a circle at night"]), (0.3, ["a photo of a red circle"])]}
+    out = generate_caption(FakeDecoder(), embed_texts, CLASSES, {0: ["svm caption"]}, mode_steers(MODES),
+                           n_per_class=10, base_seed=0, mode_captions=mode_captions)
+    assert [r["caption"] for r in out.rows] == ["a photo of a circle at night"] * 7 + ["a photo of a red circle"] * 3
+    with pytest.raises(ValueError, match="mode 1 but no hard captions"):
+        plan_caption(FakeDecoder(), embed_texts, CLASSES, {}, mode_steers(MODES), 10, 0,
+                     mode_captions={0: mode_captions[0][:1]})
+
+
+def test_eval_set_per_mode_shares_the_neutral_images_and_the_noise():
+    ev = generate_eval(FakeDecoder(), CLASSES, REFS, mode_steers(MODES), alphas=[0.5], n_per_class=3, base_seed=2)
+    assert int(ev.mask(side="neutral").sum()) == 3
+    for j in (0, 1):
+        assert int(ev.mask(side="hard", mode=j).sum()) == int(ev.mask(side="easy", mode=j).sum()) == 3
+    assert {r["seed"] for r in ev.rows} == {derive_seed(2, "eval", "circle")}  # paired: one noise for every row
+    hard0, hard1 = colour_of(ev.images[ev.mask(side="hard", mode=0)]), colour_of(ev.images[ev.mask(side="hard", mode=1)])
+    assert (hard0[:, 2] > hard1[:, 2]).all()          # mode 0 walks towards +e2, mode 1 does not
+
+
+def test_steer_extents_are_keyed_per_mode():
+    rng = np.random.default_rng(0)
+    images = normalize(REFS[0] + 0.3 * rng.normal(size=(40, D)))
+    extents = steer_extents(mode_steers(MODES), REFS, images, np.zeros(40, int))
+    assert sorted(extents) == [(0, 0), (0, 1)] and all(h > 0 and e > 0 for h, e in extents.values())
+    svm = steer_extents(svm_steers(SVMS), REFS, images, np.zeros(40, int))
+    assert svm == direction_extents(SVMS, REFS, images, np.zeros(40, int))
+    with pytest.raises(TypeError, match="Steer"):
+        plan_eval(FakeDecoder(), CLASSES, REFS, {0: ["not a steer"], 1: SKIP}, [0.5], 2, 0)
+    assert isinstance(mode_steers(MODES)[0][1], Steer)
+
+
+def test_top_mode_steering_gives_every_image_to_the_largest_mode():
+    steers = mode_steers(MODES, top_only=True)
+    assert [(s.mode, s.share) for s in steers[0]] == [(0, 1.0), (1, 0.0)] and steers[1] is SKIP
+    plan = plan_direction(FakeDecoder(), CLASSES, REFS, steers, alpha=0.4, n_per_class=10, base_seed=1)
+    assert [len(c.conditions) for c in plan.calls] == [10]
+    ev = plan_eval(FakeDecoder(), CLASSES, REFS, steers, alphas=[0.5], n_per_class=2, base_seed=2)
+    # the evaluation set still walks every mode (the report shows each), whatever share it drives
+    assert sorted({m["mode"] for m in ev._meta if m["mode"] is not None}) == [0, 1]

@@ -47,8 +47,12 @@ def _captions(name):
     return {"hard": hard, "easy": easy}
 
 
-def write_fake_outputs(root: Path) -> Path:
-    """Every input of the report under ``root``, in the stages' own formats."""
+MODE_SHARES = {"circle": (0.7, 0.3), "square": (1.0,)}   # the failure modes of the classes with an SVM
+
+
+def write_fake_outputs(root: Path, drive: str = "svm") -> Path:
+    """Every input of the report under ``root``, in the stages' own formats;
+    ``drive`` as ``modes.drive``: what the decoded evaluation images walked along."""
     labels = np.repeat(np.arange(len(CLASSES)), N_TEST)
     ids = np.array([f"fake/test/{i:04d}" for i in range(len(labels))])
     prepared = root / "data/prepared"
@@ -65,14 +69,22 @@ def write_fake_outputs(root: Path) -> Path:
     decision = np.linspace(-2, 2, len(labels))
     decision[labels == 2] = np.nan
     (root / "data/svm").mkdir(parents=True)
-    np.savez(root / "data/svm/decisions.npz", test_ids=ids, test_decision=decision,
-             pool_ids=ids[:0], pool_decision=decision[:0])
+    # mode j of a class scores its images in a known order: mode 0 rises with the index, mode 1 falls
+    mode_scores = np.full((len(labels), 2), np.nan)
+    for k, name in enumerate(CLASSES[:2]):
+        rows = np.flatnonzero(labels == k)
+        for j in range(len(MODE_SHARES[name])):
+            mode_scores[rows, j] = np.arange(len(rows)) * (1.0 if j == 0 else -1.0) + 0.25
+    np.savez(root / "data/svm/decisions.npz", test_ids=ids, test_decision=decision, test_mode_scores=mode_scores,
+             pool_ids=ids[:0], pool_decision=decision[:0], pool_mode_scores=mode_scores[:0])
 
     plan = SetPlan(EVAL_SET)
     for k, name in enumerate(CLASSES[:2]):
-        for side, alpha in [("neutral", 0.0)] + [(s, a) for a in ALPHAS for s in ("hard", "easy")]:
+        steers = [None] if drive == "svm" else list(range(len(MODE_SHARES[name])))
+        jobs = [("neutral", 0.0, None)] + [(s, a, m) for m in steers for a in ALPHAS for s in ("hard", "easy")]
+        for side, alpha, mode in jobs:
             plan.add(DecodeCall(np.zeros((N_EVAL, 2)), seed=k), class_name=name, label=k, side=side,
-                     alpha=alpha, captions=[""] * N_EVAL, tag=f"{side}-{alpha:g}")
+                     alpha=alpha, captions=[""] * N_EVAL, tag=f"m{mode}-{side}-{alpha:g}", mode=mode)
     plan.skip("star", f"no SVM: {SKIP_REASON}")
     eval_set = plan.build([_images(N_EVAL, 10 + j) for j in range(len(plan.calls))])
     save_generated(root / "data/generated", eval_set)
@@ -90,14 +102,27 @@ def write_fake_outputs(root: Path) -> Path:
         "per_class": {c: {"svm": quality, "confidence": dict(quality, subpop_ap=0.7),
                           "random": dict(quality, subpop_ap=0.33)} for c in CLASSES[:2]},
         "skipped": {"star": SKIP_REASON}, "n_classes_fitted": 2})
-    write_json(metrics / "captions.json", {"top": {c: _captions(c) for c in CLASSES[:2]},
+    write_json(metrics / "modes.json", {
+        "per_class": {c: {"n_modes": len(sh), "n_val_errors": 10, "silhouette": 0.4 if len(sh) > 1 else None,
+                          "best_subpop_ap": 0.97,
+                          **{f"mode_{j}": {"share": x, "n_errors": round(10 * x), "subpop_ap": 0.97 - 0.5 * j}
+                             for j, x in enumerate(sh)}} for c, sh in MODE_SHARES.items()},
+        "skipped": {"star": SKIP_REASON}, "n_classes_fitted": 2})
+    mode_captions = {c: [{"share": x, "hard": [{"caption": f"a photo of a {c} mode{j} hard", "score": -1.0}],
+                          "easy": [{"caption": f"a photo of a {c} mode{j} easy", "score": 1.0}]}
+                         for j, x in enumerate(sh)] for c, sh in MODE_SHARES.items()}
+    write_json(metrics / "captions.json", {"top": {c: _captions(c) for c in CLASSES[:2]}, "modes": mode_captions,
                                            "planted_in_top3_hard": {"fraction": 1.0,
                                                                     "per_class": {c: True for c in CLASSES[:2]}}})
     group = {"accuracy": 0.5, "confidence": 0.5, "n": 2 * N_EVAL, "per_class": {"circle": 0.25, "square": 0.75}}
     write_json(metrics / "generated.json", {
         "generator_check": check,
         "eval": {"neutral": group, "skipped": {"star": f"no SVM: {SKIP_REASON}"},
-                 "alphas": {f"alpha_{a:g}": {"hard": group, "easy": group} for a in ALPHAS}}})
+                 "alphas": {f"alpha_{a:g}": {"hard": group, "easy": group} for a in ALPHAS}},
+        "eval_by_mode": {} if drive == "svm" else {
+            c: {"neutral": 0.875, **{f"mode_{j}": {f"alpha_{a:g}": {"hard": 0.125 + 0.25 * j, "easy": 1.0}
+                                                   for a in ALPHAS} for j in range(len(sh))}}
+            for c, sh in MODE_SHARES.items()}})
     results = [{"arm": arm, "seed": seed, "n_extra": n_extra, "test_acc": 0.7 + 0.01 * seed + bonus,
                 "hard_acc_gt": 0.3 + bonus, "easy_acc_gt": 0.9, "hard_acc_svm": 0.2 + bonus, "easy_acc_svm": 1.0}
                for arm, n_extra, bonus in [("none", 0, 0.0), ("generic", 8, 0.01), ("pool_svm", 6, 0.2)]
@@ -113,8 +138,12 @@ def fake_root(tmp_path):
     return write_fake_outputs(tmp_path / "repo")
 
 
-# one image per real strip (hard, easy) and per decoded row (neutral + hard / easy at each alpha), per class with an SVM
-N_IMAGES = 2 * (2 + 1 + 2 * len(ALPHAS))
+# one image per real strip (hard, easy) and per decoded row (neutral + hard / easy at each alpha), per class with an
+# SVM, plus a real strip pair per failure mode
+N_MODES = sum(len(sh) for sh in MODE_SHARES.values())
+N_IMAGES = 2 * (2 + 1 + 2 * len(ALPHAS)) + 2 * N_MODES
+# modes.drive: modes: no SVM-steered rows; per mode the neutral row and hard / easy at each alpha
+N_IMAGES_MODES = 2 * 2 + N_MODES * (2 + 1 + 2 * len(ALPHAS))
 
 
 def data_uris(page: str) -> list[str]:
@@ -213,3 +242,29 @@ def test_headless_chromium_renders_the_page(fake_root, tmp_path):
     assert (pixels != 255).any(axis=2).mean() > 0.01        # text and images, not a blank page
     # the inline images were decoded: the fake images' saturated random colours appear
     assert (np.abs(pixels.astype(int) - pixels.mean(axis=2, keepdims=True)).max(axis=2) > 60).sum() > 5000
+
+
+def test_each_mode_has_its_section_with_share_ap_captions_and_real_images(fake_root):
+    page = build_report(load_report_inputs(fake_root))
+    circle = page.split('<section id="class-circle">')[1].split("</section>")[0]
+    for j, share in enumerate(MODE_SHARES["circle"]):
+        mode = circle.split(f'id="class-circle-mode-{j}"')[1].split('<div class="mode"')[0]
+        assert f"Mode {j}: {100 * share:.0f} %" in mode and f"a photo of a circle mode{j} hard" in mode
+        assert f"<b>{0.97 - 0.5 * j:.3f}</b>" in mode                    # the mode's AP of the planted subpopulation
+        assert "modes.drive: svm" in mode                                  # nothing decoded along it
+    assert "best mode" in circle.split('id="class-circle-mode-0"')[1].split('id="class-circle-mode-1"')[0]
+    assert 'id="class-square-mode-0"' in page and 'id="class-square-mode-1"' not in page
+    assert "70 % / 30 %" in page                                           # the overview lists the shares
+    # every test image of the class is scored by each mode (fewer than STRIP): both strips show all six
+    assert circle.count("6 most like the mode (highest score)</b>: baseline wrong on 2, 2 planted") == 2
+
+
+def test_decoded_images_of_each_mode_when_modes_drive(tmp_path):
+    root = write_fake_outputs(tmp_path / "repo", drive="modes")
+    page = build_report(load_report_inputs(root))
+    assert page.count("<img ") == N_IMAGES_MODES
+    circle = page.split('<section id="class-circle">')[1].split("</section>")[0]
+    assert "decoded along each failure mode" in circle
+    mode1 = circle.split('id="class-circle-mode-1"')[1]
+    assert "decoded hard, α = 1 (mode 1)" in mode1 and "<b>38 %</b>" in mode1   # 0.125 + 0.25: mode 1's hard accuracy
+    assert "<b>88 %</b>" in mode1                                                # the shared neutral row's accuracy

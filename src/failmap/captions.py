@@ -270,23 +270,45 @@ def describe_class(bank: Sequence, embed_texts: EmbedTexts, template: str, class
     return {**top, "ranked_hard": [texts[i] for i in select_diverse(scores, None, k, 0.0, "hard")]}
 
 
-def write_hard_captions(path: str | Path, tops: Mapping[str, Mapping]) -> None:
-    """The hard captions generate decodes: {class: [caption, ...]}, hardest first."""
-    write_json(path, {name: [t["caption"] for t in top["hard"]] for name, top in tops.items()})
+def write_hard_captions(path: str | Path, tops: Mapping[str, Mapping],
+                        mode_tops: Mapping[str, Sequence[Mapping]] | None = None) -> None:
+    """The hard captions generate decodes: ``{"svm": {class: [caption, ...]},
+    "modes": {class: [{"share", "hard": [caption, ...]}, ...]}}``, hardest
+    first; a class's modes largest share first (``mode_tops``: per class, one
+    ``describe_class`` result per mode with its ``share``)."""
+    write_json(path, {"svm": {name: [t["caption"] for t in top["hard"]] for name, top in tops.items()},
+                      "modes": {name: [{"share": float(m["share"]), "hard": [t["caption"] for t in m["hard"]]}
+                                       for m in modes] for name, modes in (mode_tops or {}).items()}})
 
 
-def read_hard_captions(path: str | Path, classes: Sequence[str]) -> dict[int, list[str]]:
-    """{label: hard captions} of the classes ``write_hard_captions`` wrote (a
-    class without an SVM has none); refuses a class the data lack."""
+def _read_written(path: str | Path, classes: Sequence[str]) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"hard captions {path} not found (run the caption stage first)")
     written = read_json(path)
-    unknown = sorted(set(written) - set(classes))
+    if not isinstance(written, dict) or set(written) != {"svm", "modes"}:
+        raise ValueError(f"{path} must hold the keys 'svm' and 'modes' (failmap.captions.write_hard_captions): "
+                         f"re-run the caption stage")
+    unknown = sorted((set(written["svm"]) | set(written["modes"])) - set(classes))
     if unknown:
         raise ValueError(f"{path} has captions for {unknown}, which are not classes of the prepared data "
                          f"({', '.join(classes)}): re-run the caption stage")
+    return written
+
+
+def read_hard_captions(path: str | Path, classes: Sequence[str]) -> dict[int, list[str]]:
+    """{label: hard captions of the class SVM} of the classes ``write_hard_captions``
+    wrote (a class without an SVM has none); refuses a class the data lack."""
+    written = _read_written(path, classes)["svm"]
     return {k: list(written[name]) for k, name in enumerate(classes) if name in written}
+
+
+def read_mode_captions(path: str | Path, classes: Sequence[str]) -> dict[int, list[tuple[float, list[str]]]]:
+    """{label: [(share, hard captions), ...] per mode, largest share first} of the
+    classes with modes (``write_hard_captions``); refuses a class the data lack."""
+    written = _read_written(path, classes)["modes"]
+    return {k: [(float(m["share"]), list(m["hard"])) for m in written[name]]
+            for k, name in enumerate(classes) if name in written}
 
 
 def names_attribute(captions: Sequence[str] | str, value: str) -> np.ndarray:
@@ -308,6 +330,19 @@ def planted_attribute_hits(top_hard: Mapping[str, Sequence[str]], planted: Mappi
                  for name, value in planted.items() if name in top_hard}
     fraction = float(np.mean(list(per_class.values()))) if per_class else math.nan
     return {"per_class": per_class, "fraction": fraction}
+
+
+def mode_planted_hits(mode_hard: Mapping[str, Sequence[Sequence[str]]], planted: Mapping[str, str],
+                      k: int = 3) -> dict:
+    """``planted_attribute_hits`` for classes with several modes (``mode_hard``:
+    per class, each mode's hard captions, largest share first): ``top_mode``
+    asks the largest mode's top-k, ``any_mode`` whether some mode's top-k name
+    the value (a planted subpopulation matched with its best mode, as dcbench does)."""
+    top = planted_attribute_hits({n: m[0] for n, m in mode_hard.items() if m}, planted, k)
+    per_class = {name: any(bool(names_attribute(list(hard)[:k], planted[name]).any()) for hard in modes)
+                 for name, modes in mode_hard.items() if name in planted and modes}
+    fraction = float(np.mean(list(per_class.values()))) if per_class else math.nan
+    return {"top_mode": top, "any_mode": {"per_class": per_class, "fraction": fraction}}
 
 
 # ------------------------------------------------------------ markdown summary

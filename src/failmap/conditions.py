@@ -20,7 +20,8 @@ together, ``sample_reference_embeddings`` gives one real image embedding of
 the class per decoded image instead (both shapes are accepted).
 
 Poles. The SVM's direction points to the easy side; its opposite is the hard
-pole. With ``generate.walk: extent`` a pole is instead the point the class's
+pole. A failure mode (``failmap.modes.Mode``) has a direction of the same
+kind and takes the SVM's place wherever a class's direction is asked for. With ``generate.walk: extent`` a pole is instead the point the class's
 own validation images reach along that direction (``direction_extents``),
 so that alpha 1 stays where the decoder has seen conditions.
 """
@@ -31,6 +32,7 @@ from typing import Mapping
 import numpy as np
 
 from failmap.decoders.sphere import angles_towards, normalize, rotate_towards
+from failmap.modes import Mode
 from failmap.svm import ClassSVM, Skip
 
 EXTENT_QUANTILE = 0.95  # alpha 1 of ``walk: extent``: as far as all but 5 % of the class's own images reach
@@ -96,8 +98,8 @@ def _hard_pole(class_svm: ClassSVM | Skip, dim: int, class_name: str) -> np.ndar
     """The unit vector at the hard end of the class's raw-space direction, or why there is none."""
     if isinstance(class_svm, Skip):
         return f"no SVM: {class_svm.reason}"
-    if not isinstance(class_svm, ClassSVM):
-        raise TypeError(f"svms[{class_name!r}] must be a ClassSVM or a Skip, got {type(class_svm).__name__}")
+    if not isinstance(class_svm, (ClassSVM, Mode)):
+        raise TypeError(f"svms[{class_name!r}] must be a ClassSVM, a Mode or a Skip, got {type(class_svm).__name__}")
     direction = class_svm.direction_raw
     if direction.shape != (dim,):
         raise ValueError(f"the SVM direction of class {class_name!r} has dimension {direction.shape[-1]} but the "

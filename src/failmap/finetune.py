@@ -5,7 +5,8 @@ Arms: ``none`` (the control: same schedule on train only), the generated
 arms (``generic``, ``caption``, ``direction``: train plus that arm's decoded
 images) and the pool-filtering arms (train plus K pool images per class
 chosen by ``select_pool``; the pool's labels are used as true labels, as in
-the reference).
+the reference). With ``modes.drive: modes`` the ``pool_svm`` arm picks by the
+failure modes' scores instead, spread over each class's modes by share.
 
 Same number of steps for every arm. ``epochs`` counts passes over the
 *train split*: every arm takes ``epochs * ceil(n_train / batch_size)`` SGD
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from failmap.models import load_classifier
+from failmap.modes import spread
 from failmap.schedules import triangle_schedule
 from failmap.train import augment, to_tensor
 
@@ -64,13 +66,34 @@ def _class_rng(seed: int, k: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(k)])
 
 
+def _mode_picks(members: np.ndarray, scores: np.ndarray, shares: Sequence[float], take: int) -> np.ndarray:
+    """Positions (into ``members``) of ``take`` pool images of one class, spread
+    over its modes by share: mode j (largest share first) takes its quota of
+    the highest mode-j scores not taken by an earlier mode."""
+    quotas = spread(take, shares)
+    chosen: list[int] = []
+    free = np.ones(len(members), dtype=bool)
+    for j, quota in enumerate(quotas):
+        order = np.argsort(-scores[members, j], kind="stable")
+        picks = [int(i) for i in order if free[i]][:quota]
+        free[picks] = False
+        chosen += picks
+    return np.asarray(chosen, dtype=np.int64)
+
+
 def select_pool(arm: str, pool_labels: np.ndarray, pool_svm_decision: np.ndarray | None,
-                pool_confidence: np.ndarray | None, k: int, seed: int) -> PoolSelection:
+                pool_confidence: np.ndarray | None, k: int, seed: int, pool_mode_scores: np.ndarray | None = None,
+                mode_shares: dict[int, Sequence[float]] | None = None) -> PoolSelection:
     """K pool images per class for one pool arm.
 
     - ``pool_svm``: the K lowest SVM decision values of the class (hardest);
       a class without an SVM (NaN decision values) falls back to K random
-      images, the choice that adds no information, recorded in ``notes``;
+      images, the choice that adds no information, recorded in ``notes``.
+      Given ``pool_mode_scores`` ((N, max_modes), ``failmap.modes.mode_scores``)
+      and ``mode_shares`` (class -> its modes' shares, largest first; what
+      ``modes.drive: modes`` passes), the K are instead spread over the class's
+      modes by share (``failmap.modes.spread``), each mode taking the images
+      most like it; a class without modes falls back to random the same way;
     - ``pool_confidence``: the K lowest baseline confidences in the true class;
     - ``pool_random``: K uniformly random images of the class (seeded).
 
@@ -84,8 +107,15 @@ def select_pool(arm: str, pool_labels: np.ndarray, pool_svm_decision: np.ndarray
     labels = np.asarray(pool_labels)
     if labels.ndim != 1:
         raise ValueError(f"pool_labels must be 1-D, got shape {labels.shape}")
+    by_modes = arm == "pool_svm" and pool_mode_scores is not None
+    if by_modes:
+        if mode_shares is None:
+            raise ValueError("pool_mode_scores needs mode_shares (each class's mode shares, largest first)")
+        mode_scores = np.asarray(pool_mode_scores, dtype=np.float64)
+        if mode_scores.ndim != 2 or len(mode_scores) != len(labels):
+            raise ValueError(f"pool_mode_scores must be ({len(labels)}, max_modes), got shape {mode_scores.shape}")
     score = {"pool_svm": pool_svm_decision, "pool_confidence": pool_confidence}.get(arm)
-    if arm != "pool_random":
+    if arm != "pool_random" and not by_modes:
         name = "pool_svm_decision" if arm == "pool_svm" else "pool_confidence"
         if score is None:
             raise ValueError(f"arm {arm!r} needs {name}")
@@ -100,7 +130,17 @@ def select_pool(arm: str, pool_labels: np.ndarray, pool_svm_decision: np.ndarray
         take = min(int(k), len(members))
         if take < k:
             notes[int(c)] = f"only {len(members)} pool images, fewer than k={k}: all taken"
-        if arm == "pool_svm" and not np.all(np.isfinite(score[members])):
+        if by_modes:
+            shares = list((mode_shares or {}).get(int(c), []))
+            if not shares:
+                notes[int(c)] = "no failure modes for this class: random images instead"
+                order = _class_rng(seed, c).permutation(len(members))
+            else:
+                if not np.all(np.isfinite(mode_scores[members, :len(shares)])):
+                    raise ValueError(f"pool_mode_scores of class {c} is NaN for some of its {len(shares)} modes: "
+                                     f"re-run fit_svms")
+                order = _mode_picks(members, mode_scores, shares, take)
+        elif arm == "pool_svm" and not np.all(np.isfinite(score[members])):
             if np.any(np.isfinite(score[members])):
                 raise ValueError(f"pool_svm_decision of class {c} is NaN for some images only: expected all "
                                  f"(class without an SVM) or none")

@@ -36,6 +36,22 @@ bytes whichever worker decodes it. ``generate_*`` plan and decode in one go.
 Classes whose SVM was skipped have no direction and no hard captions: they
 get no ``caption`` / ``direction`` / evaluation images; the reason is
 printed and recorded in ``GeneratedSet.skipped``.
+
+Modes (``modes.drive: modes``). What steers a class is a list of ``Steer`` s:
+its one SVM (share 1, ``svm_steers``), or each of its failure modes
+(``failmap.modes``) with its share of the class's val errors
+(``mode_steers``; ``modes.drive: top_mode``: its largest mode alone). The
+``caption`` and ``direction`` arms spread a class's
+``n_per_class`` images over its steers by share (``spread``, largest
+remainder), one decoder call per (class, mode) with seed
+``derive_seed(base_seed, set, class, "mode<j>")`` and the mode's own
+captions or its own extents. The evaluation set is drawn *per mode*: the
+class's neutral images once, and for every mode and alpha
+``n_per_class`` hard and easy ones, all from the class's one evaluation seed,
+so mode j's hard image i and the neutral image i differ only in their
+conditioning. Each manifest row records its ``mode`` (empty for the SVM).
+Steered by the SVM, every call, seed and tag is what it was before modes
+existed (the same bytes).
 """
 from __future__ import annotations
 
@@ -53,6 +69,7 @@ from failmap.conditions import (check_count, check_references, class_poles, clas
 from failmap.decoders.loader import check_compatible, load_decoder
 from failmap.decoders.sphere import slerp
 from failmap.generated import EVAL_SET, GeneratedSet
+from failmap.modes import ClassModes, Mode, drive_shares, spread
 from failmap.svm import ClassSVM, Skip, load_svms
 
 TRAIN_ARMS = ("generic", "caption", "direction")
@@ -65,6 +82,71 @@ def derive_seed(base_seed: int, *parts) -> int:
     (e.g. arm and class): stable across runs and Python versions, unlike hash()."""
     key = "|".join(str(p) for p in (int(base_seed),) + parts)
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class Steer:
+    """One direction a class's steered images walk along and its share of them:
+    the class SVM (``mode`` None, share 1) or its failure mode ``mode``."""
+    direction: ClassSVM | Mode
+    share: float
+    mode: int | None = None
+
+
+Steers = Mapping[int, "ClassSVM | Skip | Sequence[Steer]"]
+
+
+def svm_steers(svms: Mapping[int, ClassSVM | Skip]) -> dict[int, list[Steer] | Skip]:
+    """Each class steered by its one SVM (a ``Skip`` stays a skip)."""
+    return {k: v if isinstance(v, Skip) else [Steer(v, 1.0)] for k, v in svms.items()}
+
+
+def mode_steers(modes: Mapping[int, ClassModes | Skip], top_only: bool = False) -> dict[int, list[Steer] | Skip]:
+    """Each class steered by its failure modes, largest share first, each
+    taking the share ``failmap.modes.drive_shares`` gives it (``top_only``:
+    the largest mode takes all); a ``Skip`` stays a skip."""
+    shares = drive_shares(modes, top_only)
+    return {k: v if isinstance(v, Skip) else [Steer(m, s, j) for j, (m, s) in enumerate(zip(v.modes, shares[k]))]
+            for k, v in modes.items()}
+
+
+def _steers_of(value, class_name: str) -> list[Steer] | Skip:
+    """A class's steers from what a plan was given: a ClassSVM, a Skip or a list of ``Steer``."""
+    if isinstance(value, (Skip, ClassSVM)):
+        return value if isinstance(value, Skip) else [Steer(value, 1.0)]
+    steers = list(value)
+    if not steers or not all(isinstance(s, Steer) for s in steers):
+        raise TypeError(f"class {class_name!r} must be steered by a ClassSVM, a Skip or a non-empty list of "
+                        f"Steer, got {value!r}")
+    return steers
+
+
+def _call_seed(base_seed: int, set_name: str, class_name: str, steer: Steer) -> int:
+    parts = (set_name, class_name) if steer.mode is None else (set_name, class_name, f"mode{steer.mode}")
+    return derive_seed(base_seed, *parts)
+
+
+def _mode_tag(steer: Steer, tag: str) -> str:
+    return tag if steer.mode is None else f"m{steer.mode}-{tag}"
+
+
+def _extent_key(k: int, steer: Steer):
+    return k if steer.mode is None else (k, steer.mode)
+
+
+def steer_extents(steers: Steers, references: np.ndarray, image_embeds: np.ndarray,
+                  labels: np.ndarray) -> dict:
+    """``direction_extents`` of every steer: keyed by class index for an SVM
+    steer (as ``direction_extents``) and by (class, mode) for a mode."""
+    out = {}
+    for k, value in steers.items():
+        class_steers = _steers_of(value, str(k))
+        if isinstance(class_steers, Skip):
+            continue
+        for steer in class_steers:
+            out[_extent_key(k, steer)] = direction_extents({k: steer.direction}, references, image_embeds,
+                                                           labels)[k]
+    return out
 
 
 @dataclass(frozen=True)
@@ -99,12 +181,12 @@ class SetPlan:
         self.skipped: dict[str, str] = {}
 
     def add(self, call: DecodeCall, *, class_name: str, label: int, side: str, alpha: float | None,
-            captions: Sequence[str], tag: str) -> None:
+            captions: Sequence[str], tag: str, mode: int | None = None) -> None:
         if len(call.conditions) != len(captions):
             raise ValueError(f"{len(call.conditions)} conditions but {len(captions)} manifest captions")
         self.calls.append(call)
         self._meta.append(dict(class_name=class_name, label=int(label), side=side, alpha=alpha,
-                               captions=list(captions), tag=tag))
+                               captions=list(captions), tag=tag, mode=mode))
 
     def skip(self, class_name: str, reason: str) -> None:
         self.skipped[class_name] = reason
@@ -124,8 +206,8 @@ class SetPlan:
             for i, caption in enumerate(meta["captions"]):
                 rows.append(dict(id=f"{self.name}-{meta['class_name']}-{meta['tag']}-{i:04d}", set=self.name,
                                  **{"class": meta["class_name"]}, label=meta["label"], side=meta["side"],
-                                 alpha=meta["alpha"], caption=caption, seed=int(call.seed), noise_index=i,
-                                 file=f"{self.name}.npz", index=len(rows)))
+                                 alpha=meta["alpha"], mode=meta["mode"], caption=caption, seed=int(call.seed),
+                                 noise_index=i, file=f"{self.name}.npz", index=len(rows)))
             parts.append(images)
         images = np.concatenate(parts) if parts else np.zeros((0, 1, 1, 3), np.uint8)
         labels = np.array([r["label"] for r in rows], dtype=np.int64)
@@ -149,10 +231,10 @@ def decode_plans(plans: Sequence[SetPlan], engine=None, load: Callable[[], objec
     return out
 
 
-def _check_svms(svms: Mapping[int, ClassSVM | Skip], n_classes: int) -> None:
+def _check_svms(svms: Steers, n_classes: int) -> None:
     missing = [k for k in range(n_classes) if k not in svms]
     if missing:
-        raise ValueError(f"svms has no entry (ClassSVM or Skip) for class indices {missing}")
+        raise ValueError(f"svms has no entry (ClassSVM, Skip or steers) for class indices {missing}")
 
 
 def plan_generic(embed_texts: EmbedTexts, class_names: Sequence[str], reference_captions: Sequence[str],
@@ -171,12 +253,18 @@ def plan_generic(embed_texts: EmbedTexts, class_names: Sequence[str], reference_
 
 
 def plan_caption(decoder, embed_texts: EmbedTexts, class_names: Sequence[str],
-                 hard_captions: Mapping[int, Sequence[str]], svms: Mapping[int, ClassSVM | Skip],
+                 hard_captions: Mapping[int, Sequence[str]], svms: Steers,
                  n_per_class: int, base_seed: int, *, n_captions: int | None = None,
-                 references: np.ndarray | None = None, weight: float = 1.0) -> SetPlan:
+                 references: np.ndarray | None = None, weight: float = 1.0,
+                 mode_captions: Mapping[int, Sequence[tuple[float, Sequence[str]]]] | None = None) -> SetPlan:
     """``n_per_class`` images per class from its top ``n_captions`` hard
     captions (all when None; image i from caption i mod k, so each caption
     gets an equal share, hardest first).
+
+    ``svms``: per class a ClassSVM, a Skip or its ``Steer`` s. Steered by
+    modes, the class's images are ``spread`` over its modes by share, mode j's
+    from its own hard captions (``mode_captions[k][j]``: (share, captions),
+    ``failmap.captions.read_mode_captions``), each mode one call.
 
     ``weight`` 1: the caption alone (``decode_captions``: the world decoder's
     bridge, unCLIP's text-to-image). ``weight`` < 1: the condition is
@@ -198,33 +286,50 @@ def plan_caption(decoder, embed_texts: EmbedTexts, class_names: Sequence[str],
     _check_svms(svms, len(class_names))
     out = SetPlan("caption")
     for k, name in enumerate(class_names):
-        if isinstance(svms[k], Skip):
-            out.skip(name, f"no SVM, hence no hard captions: {svms[k].reason}")
+        steers = _steers_of(svms[k], name)
+        if isinstance(steers, Skip):
+            out.skip(name, f"no SVM, hence no hard captions: {steers.reason}")
             continue
-        top = [c for c in hard_captions.get(k, []) if c][:n_captions]
-        if not top:
-            raise ValueError(f"class {name!r} has an SVM but no hard captions: the captions output is incomplete")
-        captions = [top[i % len(top)] for i in range(n)]
-        seed = derive_seed(base_seed, "caption", name)
-        if weight < 1.0:
-            conditions = slerp(cycled(references[k], n), decoder.to_image_space(embed_texts(captions)), weight)
-            call = DecodeCall(conditions, seed)
-        else:
-            call = DecodeCall(embed_texts(captions), seed, tuple(captions))
-        out.add(call, class_name=name, label=k, side="hard", alpha=None, captions=captions, tag="c")
+        for steer, count in zip(steers, spread(n, [s.share for s in steers])):
+            if steer.mode is None:
+                written = hard_captions.get(k, [])
+            else:
+                by_mode = (mode_captions or {}).get(k, [])
+                if len(by_mode) <= steer.mode:
+                    raise ValueError(f"class {name!r} has a mode {steer.mode} but no hard captions for it: the "
+                                     f"captions output is incomplete (re-run the caption stage)")
+                written = by_mode[steer.mode][1]
+            top = [c for c in written if c][:n_captions]
+            if not top:
+                what = "an SVM" if steer.mode is None else f"a mode {steer.mode}"
+                raise ValueError(f"class {name!r} has {what} but no hard captions: the captions output is incomplete")
+            if count == 0:
+                continue
+            captions = [top[i % len(top)] for i in range(count)]
+            seed = _call_seed(base_seed, "caption", name, steer)
+            if weight < 1.0:
+                conditions = slerp(cycled(references[k], count), decoder.to_image_space(embed_texts(captions)),
+                                   weight)
+                call = DecodeCall(conditions, seed)
+            else:
+                call = DecodeCall(embed_texts(captions), seed, tuple(captions))
+            out.add(call, class_name=name, label=k, side="hard", alpha=None, captions=captions,
+                    tag=_mode_tag(steer, "c"), mode=steer.mode)
     return out
 
 
-def plan_direction(decoder, class_names: Sequence[str], references: np.ndarray,
-                   svms: Mapping[int, ClassSVM | Skip], alpha: float, n_per_class: int, base_seed: int,
-                   extents: Mapping[int, tuple[float, float]] | None = None) -> SetPlan:
+def plan_direction(decoder, class_names: Sequence[str], references: np.ndarray, svms: Steers, alpha: float,
+                   n_per_class: int, base_seed: int, extents: Mapping | None = None) -> SetPlan:
     """``n_per_class`` images per class from slerp(reference, hard pole, alpha).
 
     ``references``: (n_classes, D), one start per class (``class_reference_
     embeddings``), or (n_classes, m, D), image i starting from reference i mod m
-    (``sample_reference_embeddings``). ``extents`` (``direction_extents``):
-    the hard pole is the point the class's own images reach, so alpha is a
-    share of their extent; None: the SVM's unit normal (the reference's walk)."""
+    (``sample_reference_embeddings``). ``extents`` (``direction_extents``, or
+    ``steer_extents`` for modes): the hard pole is the point the class's own
+    images reach, so alpha is a share of their extent; None: the direction's
+    unit normal (the reference's walk). ``svms`` as for ``plan_caption``: a
+    class steered by modes has its images ``spread`` over them by share, each
+    walking along its own mode's direction."""
     n = check_count(n_per_class, "n_per_class")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1] (a slerp weight), got {alpha}")
@@ -232,23 +337,27 @@ def plan_direction(decoder, class_names: Sequence[str], references: np.ndarray,
     references = check_references(references, len(class_names), decoder.dim)
     out = SetPlan("direction")
     for k, name in enumerate(class_names):
-        poles = class_poles(svms[k], references[k], extents, k, decoder.dim, name)
-        if isinstance(poles, str):
-            out.skip(name, poles)
+        steers = _steers_of(svms[k], name)
+        if isinstance(steers, Skip):
+            out.skip(name, f"no SVM: {steers.reason}")
             continue
-        call = DecodeCall(slerp(cycled(references[k], n), poles[0], alpha), derive_seed(base_seed, "direction", name))
-        out.add(call, class_name=name, label=k, side="hard", alpha=float(alpha), captions=[""] * n,
-                tag=f"a{alpha:g}")
+        for steer, count in zip(steers, spread(n, [s.share for s in steers])):
+            poles = class_poles(steer.direction, references[k], extents, _extent_key(k, steer), decoder.dim, name)
+            if count == 0:
+                continue
+            call = DecodeCall(slerp(cycled(references[k], count), poles[0], alpha),
+                              _call_seed(base_seed, "direction", name, steer))
+            out.add(call, class_name=name, label=k, side="hard", alpha=float(alpha), captions=[""] * count,
+                    tag=_mode_tag(steer, f"a{alpha:g}"), mode=steer.mode)
     return out
 
 
-def plan_eval(decoder, class_names: Sequence[str], references: np.ndarray, svms: Mapping[int, ClassSVM | Skip],
-              alphas: Sequence[float], n_per_class: int, base_seed: int,
-              extents: Mapping[int, tuple[float, float]] | None = None) -> SetPlan:
-    """Per class: ``n_per_class`` neutral images (alpha 0) and, for every alpha,
-    as many hard (towards the hard pole) and easy (towards the easy pole) ones,
-    all from the same noise (see the module docstring); ``extents`` as for
-    ``plan_direction``."""
+def plan_eval(decoder, class_names: Sequence[str], references: np.ndarray, svms: Steers,
+              alphas: Sequence[float], n_per_class: int, base_seed: int, extents: Mapping | None = None) -> SetPlan:
+    """Per class: ``n_per_class`` neutral images (alpha 0) and, for every alpha
+    and every steer (the SVM, or each mode), as many hard (towards the hard
+    pole) and easy (towards the easy pole) ones, all from the same noise (see
+    the module docstring); ``extents`` as for ``plan_direction``."""
     n = check_count(n_per_class, "n_per_class")
     alphas = [float(a) for a in alphas]
     if not alphas or any(not 0.0 < a <= 1.0 for a in alphas) or len(set(alphas)) != len(alphas):
@@ -258,19 +367,47 @@ def plan_eval(decoder, class_names: Sequence[str], references: np.ndarray, svms:
     references = check_references(references, len(class_names), decoder.dim)
     out = SetPlan(EVAL_SET)
     for k, name in enumerate(class_names):
-        poles = class_poles(svms[k], references[k], extents, k, decoder.dim, name)
-        if isinstance(poles, str):
-            out.skip(name, poles)
+        steers = _steers_of(svms[k], name)
+        if isinstance(steers, Skip):
+            out.skip(name, f"no SVM: {steers.reason}")
             continue
-        hard_pole, easy_pole = poles
         seed = derive_seed(base_seed, EVAL_SET, name)
         starts = cycled(references[k], n)
-        jobs = [("neutral", 0.0, starts)]
-        for a in alphas:
-            jobs += [("hard", a, slerp(starts, hard_pole, a)), ("easy", a, slerp(starts, easy_pole, a))]
-        for side, a, conditions in jobs:
+        jobs = [("neutral", 0.0, None, starts)]
+        for steer in steers:
+            hard_pole, easy_pole = class_poles(steer.direction, references[k], extents, _extent_key(k, steer),
+                                               decoder.dim, name)
+            for a in alphas:
+                jobs += [("hard", a, steer, slerp(starts, hard_pole, a)), ("easy", a, steer, slerp(starts, easy_pole, a))]
+        for side, a, steer, conditions in jobs:
+            tag = f"{side}-a{a:g}"
             out.add(DecodeCall(conditions, seed), class_name=name, label=k, side=side, alpha=a, captions=[""] * n,
-                    tag=f"{side}-a{a:g}")
+                    tag=tag if steer is None else _mode_tag(steer, tag), mode=None if steer is None else steer.mode)
+    return out
+
+
+def mode_eval_report(model, eval_set: GeneratedSet, class_names: Sequence[str], device: str) -> dict:
+    """The baseline's accuracy on each mode's decoded evaluation images:
+    {class: {"mode_<j>": {"alpha_<a>": {"hard", "easy"}}}}, per class the
+    neutral accuracy beside them; empty when no image was steered by a mode."""
+    from failmap.train import predictions  # torch: only for this
+
+    if not any(r.get("mode") is not None for r in eval_set.rows):
+        return {}
+    correct = predictions(model, eval_set.images, eval_set.labels, device)["correct"].astype(bool)
+    out: dict = {}
+    for k, name in enumerate(class_names):
+        rows = [r for r in eval_set.rows if r["label"] == k]
+        if not rows:
+            continue
+        neutral = eval_set.mask(label=k, side="neutral")
+        entry: dict = {"neutral": float(correct[neutral].mean()) if neutral.any() else None}
+        for j in sorted({r["mode"] for r in rows if r.get("mode") is not None}):
+            entry[f"mode_{j}"] = {
+                f"alpha_{a:g}": {side: float(correct[eval_set.mask(label=k, side=side, alpha=a, mode=j)].mean())
+                                 for side in ("hard", "easy")}
+                for a in sorted({r["alpha"] for r in rows if r.get("mode") == j})}
+        out[name] = entry
     return out
 
 
@@ -282,25 +419,26 @@ def generate_generic(decoder, embed_texts: EmbedTexts, class_names: Sequence[str
 
 
 def generate_caption(decoder, embed_texts: EmbedTexts, class_names: Sequence[str],
-                     hard_captions: Mapping[int, Sequence[str]], svms: Mapping[int, ClassSVM | Skip],
+                     hard_captions: Mapping[int, Sequence[str]], svms: Steers,
                      n_per_class: int, base_seed: int, *, n_captions: int | None = None,
                      references: np.ndarray | None = None, weight: float = 1.0,
+                     mode_captions: Mapping[int, Sequence[tuple[float, Sequence[str]]]] | None = None,
                      **decode_kwargs) -> GeneratedSet:
     plan = plan_caption(decoder, embed_texts, class_names, hard_captions, svms, n_per_class, base_seed,
-                        n_captions=n_captions, references=references, weight=weight)
+                        n_captions=n_captions, references=references, weight=weight, mode_captions=mode_captions)
     return decode_plans([plan], decoder=decoder, **decode_kwargs)[0]
 
 
-def generate_direction(decoder, class_names: Sequence[str], references: np.ndarray,
-                       svms: Mapping[int, ClassSVM | Skip], alpha: float, n_per_class: int, base_seed: int,
-                       extents: Mapping[int, tuple[float, float]] | None = None, **decode_kwargs) -> GeneratedSet:
+def generate_direction(decoder, class_names: Sequence[str], references: np.ndarray, svms: Steers, alpha: float,
+                       n_per_class: int, base_seed: int, extents: Mapping | None = None,
+                       **decode_kwargs) -> GeneratedSet:
     plan = plan_direction(decoder, class_names, references, svms, alpha, n_per_class, base_seed, extents)
     return decode_plans([plan], decoder=decoder, **decode_kwargs)[0]
 
 
-def generate_eval(decoder, class_names: Sequence[str], references: np.ndarray, svms: Mapping[int, ClassSVM | Skip],
-                  alphas: Sequence[float], n_per_class: int, base_seed: int,
-                  extents: Mapping[int, tuple[float, float]] | None = None, **decode_kwargs) -> GeneratedSet:
+def generate_eval(decoder, class_names: Sequence[str], references: np.ndarray, svms: Steers,
+                  alphas: Sequence[float], n_per_class: int, base_seed: int, extents: Mapping | None = None,
+                  **decode_kwargs) -> GeneratedSet:
     plan = plan_eval(decoder, class_names, references, svms, alphas, n_per_class, base_seed, extents)
     return decode_plans([plan], decoder=decoder, **decode_kwargs)[0]
 
@@ -312,22 +450,26 @@ class GenerationInputs:
     """What decoding needs from the earlier stages' outputs."""
     embedder: object
     decoder: object
-    svms: dict
-    hard_captions: dict[int, list[str]]
+    svms: dict                              # class index -> ClassSVM | Skip (the class SVMs, whatever drives)
+    hard_captions: dict[int, list[str]]     # the class SVMs' hard captions
     references: np.ndarray  # (n_classes, D) class reference embeddings (train split)
-    extents: dict[int, tuple[float, float]] | None  # direction_extents on val (walk: extent), None (walk: normal)
+    extents: dict | None    # steer_extents on val (walk: extent), None (walk: normal)
+    steers: dict = None     # class index -> [Steer] | Skip: what ``modes.drive`` steers the arms by
+    mode_captions: dict = None  # class index -> [(share, hard captions)] per mode (read_mode_captions)
 
 
 def load_generation_inputs(p, meta: dict) -> GenerationInputs:
     """The embedder and decoder the params name (checked to share one space),
-    the SVMs, each class's hard captions (hardest first), the class
-    reference embeddings and, for ``generate.walk: extent``, how far each
-    class's validation images reach along its direction, from the pipeline's
-    output folders."""
+    the SVMs, each class's hard captions (hardest first, per mode too), the
+    steers ``modes.drive`` names (the SVMs, or the modes of
+    ``data/svm/modes.npz``), the class reference embeddings and, for
+    ``generate.walk: extent``, how far each class's validation images reach
+    along each steer's direction, from the pipeline's output folders."""
     from failmap.embedder import load_embedder  # open_clip: seconds to import, only for this
     from failmap.embeddings import load_embeddings
+    from failmap.modes import load_modes
     from failmap.predictions import load_predictions
-    from failmap.captions import HARD_CAPTIONS_FILE, read_hard_captions
+    from failmap.captions import HARD_CAPTIONS_FILE, read_hard_captions, read_mode_captions
     from failmap.stage import BASELINE_PREDICTIONS, CAPTIONS_DIR, CLIP_DIR, EMBEDDINGS, SVM_DIR
 
     c = p.clip
@@ -336,16 +478,20 @@ def load_generation_inputs(p, meta: dict) -> GenerationInputs:
     decoder = load_inputs_decoder(p, meta)()
     check_compatible(embedder.space, embedder.dim, decoder)  # before any decoding
     _, svms, _ = load_svms(f"{SVM_DIR}/svms.npz")
-    hard_captions = read_hard_captions(f"{CAPTIONS_DIR}/{HARD_CAPTIONS_FILE}", classes)  # the caption stage's data out
+    captions_file = f"{CAPTIONS_DIR}/{HARD_CAPTIONS_FILE}"  # the caption stage's data out
+    hard_captions = read_hard_captions(captions_file, classes)
+    mode_captions = read_mode_captions(captions_file, classes)
+    steers = svm_steers(svms) if p.modes.drive == "svm" else \
+        mode_steers(load_modes(f"{SVM_DIR}/modes.npz")[0], top_only=p.modes.drive == "top_mode")
     train_pred = load_predictions(f"{BASELINE_PREDICTIONS}/train.csv")
     references = class_reference_embeddings(load_embeddings(EMBEDDINGS, "train", train_pred["id"]),
                                             train_pred["label"], len(classes))
     extents = None
     if p.generate.walk == "extent":
         val_pred = load_predictions(f"{BASELINE_PREDICTIONS}/val.csv")
-        extents = direction_extents(svms, references, load_embeddings(EMBEDDINGS, "val", val_pred["id"]),
-                                    val_pred["label"])
-    return GenerationInputs(embedder, decoder, svms, hard_captions, references, extents)
+        extents = steer_extents(steers, references, load_embeddings(EMBEDDINGS, "val", val_pred["id"]),
+                                val_pred["label"])
+    return GenerationInputs(embedder, decoder, svms, hard_captions, references, extents, steers, mode_captions)
 
 
 def load_inputs_decoder(p, meta: dict) -> Callable[[], object]:

@@ -17,7 +17,8 @@ from failmap.io import atomic_path
 
 EVAL_SET = "eval"
 SIDES = ("hard", "neutral", "easy")
-MANIFEST_FIELDS = ("id", "set", "class", "label", "side", "alpha", "caption", "seed", "noise_index", "file", "index")
+MANIFEST_FIELDS = ("id", "set", "class", "label", "side", "alpha", "mode", "caption", "seed", "noise_index", "file",
+                   "index")  # mode: the failure mode that steered the image (failmap.generate), empty for the SVM
 
 
 @dataclass
@@ -81,7 +82,7 @@ def write_manifest(path: str | Path, sets: Sequence[GeneratedSet]) -> Path:
             writer.writeheader()
             for s in sets:
                 for row in s.rows:
-                    writer.writerow({k: ("" if row[k] is None else row[k]) for k in MANIFEST_FIELDS})
+                    writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in MANIFEST_FIELDS})
     return path
 
 
@@ -95,6 +96,7 @@ def read_manifest(path: str | Path) -> list[dict]:
         for key in ("label", "seed", "noise_index", "index"):
             row[key] = int(row[key])
         row["alpha"] = float(row["alpha"]) if row["alpha"] != "" else None
+        row["mode"] = int(row["mode"]) if row.get("mode", "") != "" else None
     return rows
 
 

@@ -222,6 +222,32 @@ def mode_scores(results: dict[int, ClassModes | Skip], X_raw, labels, max_modes:
     return out
 
 
+def drive_shares(results: dict[int, ClassModes | Skip], top_only: bool = False) -> dict[int, list[float]]:
+    """Per class with modes, the share of the steered images (or pool picks)
+    each of its modes takes, largest first: the modes' own shares of the
+    class's val errors, or with ``top_only`` (``modes.drive: top_mode``) all to
+    the largest mode."""
+    return {k: [1.0] + [0.0] * (len(v.modes) - 1) if top_only else [m.share for m in v.modes]
+            for k, v in results.items() if isinstance(v, ClassModes)}
+
+
+def spread(n: int, shares: Sequence[float]) -> list[int]:
+    """``n`` images (or pool picks) split into whole counts proportional to a
+    class's mode ``shares`` (largest remainder: floors first, then one more to
+    the largest remainders, ties to the earlier mode); the counts sum to ``n``."""
+    shares = np.asarray(shares, dtype=np.float64)
+    if int(n) != n or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    if not len(shares) or np.any(~np.isfinite(shares)) or np.any(shares < 0) or not shares.sum() > 0:
+        raise ValueError(f"shares must be finite, non-negative and sum to more than 0, got {shares.tolist()}")
+    exact = int(n) * shares / shares.sum()
+    counts = np.floor(exact).astype(int)
+    order = sorted(range(len(shares)), key=lambda j: (-(exact[j] - counts[j]), j))
+    for j in order[:int(n) - int(counts.sum())]:
+        counts[j] += 1
+    return [int(c) for c in counts]
+
+
 def modes_report(fitted: ClassModes, test_scores, in_subpop=None) -> dict:
     """One class's modes for the metrics file: per mode (``mode_0`` = the largest)
     its share and count of the class's val errors and, with ground truth

@@ -214,6 +214,7 @@ class Modes(Section):
     max_modes: Size
     min_mode_errors: Size
     min_silhouette: _num(float, ge=-1, le=1)
+    drive: Literal["svm", "modes", "top_mode"]
 class Caption(Section):
     template: Text
     adjectives: Optional[_list(Text, unique=True)]

@@ -4,7 +4,7 @@
 Everything on it comes from outputs the pipeline already wrote; nothing is
 recomputed but the order of the real test images by their SVM decision value
 (``data/svm/decisions.npz``, ranked with ``failmap.finetune.svm_hard_easy_masks``
-as the evaluate stage ranks them):
+as the evaluate stage ranks them) and by each mode's score:
 
 - a header: data source, classes, baseline test accuracy, the planted gap,
   the generator check (``metrics/generated.json``) and ``synthetic_trusted``
@@ -15,6 +15,14 @@ as the evaluate stage ranks them):
   the hardest and easiest real test images, and the decoded hard / neutral /
   easy evaluation images at every alpha with the baseline's accuracy on them;
   classes without an SVM are listed with the reason;
+- per class, one subsection per failure mode (``metrics/modes.json``,
+  largest share first): its share of the class's val errors, its AP of the
+  planted subpopulation (ground truth, where known), its own hard / easy
+  captions (``metrics/captions.json`` ``modes``), the real test images most
+  and least like it (by its score in ``data/svm/decisions.npz``
+  ``test_mode_scores``) and, when ``modes.drive: modes`` decoded them, its
+  hard / neutral / easy evaluation images with the baseline's accuracy on
+  them (``metrics/generated.json`` ``eval_by_mode``);
 - the fine-tuning arms: per class where ``metrics/evaluate.json`` has per-class
   figures, else one table for all classes (mean ± std over seeds).
 
@@ -60,6 +68,7 @@ INPUTS = {
     f"{GENERATED}/{EVAL_SET}.npz": "generate",
     f"{METRICS}/baseline.json": "train_baseline",
     f"{METRICS}/svm.json": "fit_svms",
+    f"{METRICS}/modes.json": "fit_svms",
     f"{METRICS}/captions.json": "caption",
     f"{METRICS}/generated.json": "generate",
     f"{METRICS}/evaluate.json": "evaluate",
@@ -83,12 +92,14 @@ class ReportInputs:
     test_decision: np.ndarray       # (N_test,) baseline SVM decision value, NaN for classes without an SVM
     test_correct: np.ndarray        # (N_test,) 1 where the baseline is right
     test_subpop: np.ndarray | None  # (N_test,) planted subpopulation (ground truth), None without it
+    test_mode_scores: np.ndarray    # (N_test, max_modes) each image's score under its class's modes, NaN where none
     eval_set: GeneratedSet
     baseline: dict                  # metrics/baseline.json
     svm: dict                       # metrics/svm.json
     captions: dict                  # metrics/captions.json
     generated: dict                 # metrics/generated.json
     evaluate: dict                  # metrics/evaluate.json
+    modes: dict                     # metrics/modes.json
 
 
 # ------------------------------------------------------------ loading
@@ -111,17 +122,18 @@ def load_report_inputs(root: str | Path = ".") -> ReportInputs:
     with np.load(root / SVM_DIR / "decisions.npz") as z:
         if not np.array_equal(z["test_ids"], test.ids):
             raise SystemExit(f"{SVM_DIR}/decisions.npz does not match the test split: re-run fit_svms")
-        decision = z["test_decision"]
+        decision, mode_scores = z["test_decision"], z["test_mode_scores"]
     predictions = load_predictions(root / BASELINE_PREDICTIONS / "test.csv")
     if not np.array_equal(predictions["id"], test.ids):
         raise SystemExit(f"{BASELINE_PREDICTIONS}/test.csv does not match the test split: re-run train_baseline")
     metrics = {name: read_json(root / METRICS / f"{name}.json")
-               for name in ("baseline", "svm", "captions", "generated", "evaluate")}
+               for name in ("baseline", "svm", "modes", "captions", "generated", "evaluate")}
     eval_split = load_split(root / GENERATED, EVAL_SET)
     rows = [r for r in read_manifest(root / GENERATED / "manifest.csv") if r["set"] == EVAL_SET]
     eval_set = GeneratedSet(EVAL_SET, eval_split.images, eval_split.labels, rows,
                             dict(metrics["generated"].get("eval", {}).get("skipped", {})))
-    return ReportInputs(meta=meta, test=test, test_decision=decision, test_correct=predictions["correct"],
+    return ReportInputs(meta=meta, test=test, test_decision=decision, test_mode_scores=mode_scores,
+                        test_correct=predictions["correct"],
                         test_subpop=subpop_mask(load_ground_truth(prepared), test.ids), eval_set=eval_set,
                         **metrics)
 
@@ -179,7 +191,8 @@ CSS = """
 body { font-family: "DejaVu Sans", Helvetica, Arial, sans-serif; color: #222; margin: 24px auto;
        max-width: 1140px; padding: 0 16px; line-height: 1.4; background: #fff; }
 h1 { margin-bottom: 4px; } h2 { border-bottom: 2px solid #ccc; padding-bottom: 4px; margin-top: 40px; }
-h3 { margin: 22px 0 6px; font-size: 1.02em; }
+h3 { margin: 22px 0 6px; font-size: 1.02em; } h4 { margin: 16px 0 4px; font-size: 0.96em; }
+.mode { border-left: 3px solid #ccd; padding-left: 12px; margin: 10px 0 18px; }
 .lede, .note { color: #555; font-size: 0.92em; }
 table { border-collapse: collapse; margin: 6px 0; }
 th, td { padding: 4px 10px; text-align: left; vertical-align: middle; border-bottom: 1px solid #e4e4e4; }
@@ -271,22 +284,25 @@ def _overview(inp: ReportInputs) -> str:
         q = inp.svm.get("per_class", {}).get(name, {})
         ap_svm, ap_conf = q.get("svm", {}).get("subpop_ap"), q.get("confidence", {}).get("subpop_ap")
         top = inp.captions.get("top", {}).get(name, {}).get("hard", [])
+        fitted = inp.modes.get("per_class", {}).get(name, {})
+        shares = " / ".join(_pct(fitted[f"mode_{j}"]["share"], 0) for j in range(int(fitted.get("n_modes", 0))))
         link = (f'<a href="#skipped">{_e(name)}</a> (no SVM)' if name in skipped
                 else f'<a href="#class-{_e(name)}">{_e(name)}</a>')
         cells = [link, _e(planted) if planted else "—", _pct(test.get("per_class", {}).get(name)),
-                 "—" if not gap else f"{100 * gap['gap']:.1f}", _num(ap_svm), _num(ap_conf),
+                 "—" if not gap else f"{100 * gap['gap']:.1f}", _num(ap_svm), _num(fitted.get("best_subpop_ap")),
+                 _num(ap_conf), shares or "—",
                  "—" if name not in hits else ("yes" if hits[name] else "<b>no</b>"),
                  _mark_planted(top[0]["caption"], planted) if top else "—", _pct(recognised.get(name), 0)]
-        numeric = {2, 3, 4, 5, 8}
+        numeric = {2, 3, 4, 5, 6, 10}
         rows.append("<tr>" + "".join(f'<td class="num">{v}</td>' if i in numeric else f"<td>{v}</td>"
                                      for i, v in enumerate(cells)) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in (
         "class", "planted (ground truth)", "baseline test acc.", "planted gap (points)", "AP: SVM",
-        "AP: confidence", "planted phrase in top 3 hard captions", "top hard caption",
+        "AP: best failure mode", "AP: confidence", "failure modes: share of val errors", "planted phrase in top 3 hard captions", "top hard caption",
         "neutral decoded images CLIP recognises"))
     return ('<h2 id="overview">At a glance</h2><p class="note">AP: average precision of the planted '
-            'subpopulation when the class\'s test images are ranked hardest first (by SVM decision value, or by the '
-            'baseline\'s confidence); random ranking scores about the subpopulation\'s share.</p>'
+            'subpopulation when the class\'s test images are ranked hardest first (by SVM decision value, by the '
+            'score of the class\'s best-matching failure mode, or by the baseline\'s confidence); random ranking scores about the subpopulation\'s share.</p>'
             f'<table class="overview"><tr>{head}</tr>{"".join(rows)}</table>')
 
 
@@ -324,16 +340,9 @@ def _captions(inp: ReportInputs, name: str, planted: str | None) -> str:
     top = inp.captions.get("top", {}).get(name)
     if not top:
         return '<p class="note">No captions for this class in metrics/captions.json.</p>'
-    lists = []
-    for side, title in (("hard", "hardest (most negative score: the failure side)"),
-                        ("easy", "easiest (most positive score)")):
-        items = "".join(f'<li>{_mark_planted(t["caption"], planted)} <span class="score">{t["score"]:+.3f}</span></li>'
-                        for t in top.get(side, [])[:TOP_CAPTIONS])
-        lists.append(f'<div><b class="{side}-side">{title}</b><ol>{items}</ol></div>')
     note = (f' The planted phrase <mark>{_e(planted)}</mark> is highlighted.' if planted else "")
     return ('<h3>Captions that score hardest and easiest</h3><p class="note">Score: the SVM decision value of the '
-            f'caption\'s text embedding minus the reference caption\'s.{note}</p>'
-            f'<div class="captions">{"".join(lists)}</div>')
+            f'caption\'s text embedding minus the reference caption\'s.{note}</p>' + _caption_lists(top, planted))
 
 
 def _real_strip(inp: ReportInputs, k: int) -> str:
@@ -359,33 +368,122 @@ def _real_strip(inp: ReportInputs, k: int) -> str:
     return "\n".join(out)
 
 
-def _eval_walk(inp: ReportInputs, name: str, k: int) -> str:
-    ev, acc = inp.eval_set, inp.generated.get("eval", {})
-    rows_of_class = [r for r in ev.rows if r["label"] == k]
-    if not rows_of_class:
-        reason = ev.skipped.get(name, "no evaluation images for this class")
-        return f'<h3>Decoded evaluation images</h3><p class="note">{_e(reason)}</p>'
-    alphas = sorted({r["alpha"] for r in rows_of_class if r["side"] != "neutral"})
+def _walk_table(inp: ReportInputs, name: str, k: int, mode: int | None, accuracy_of) -> str | None:
+    """Rows hard (largest alpha first) / neutral / easy of the class's decoded
+    evaluation images steered by ``mode`` (None: the class SVM; the neutral row
+    is shared), each with ``accuracy_of(side, alpha)``; None when there are none."""
+    ev = inp.eval_set
+    steered = [r for r in ev.rows if r["label"] == k and r["side"] != "neutral" and r.get("mode") == mode]
+    if not steered:
+        return None
+    alphas = sorted({r["alpha"] for r in steered})
     order = [("hard", a) for a in reversed(alphas)] + [("neutral", None)] + [("easy", a) for a in alphas]
-    out = ['<h3>Decoded evaluation images: from the hard side to the easy side</h3>',
-           f'<p class="note">Each row: the first {PER_ROW} images decoded from the class reference embedding '
-           'moved by α along the SVM direction towards its hard (failure) or easy side; neutral is α = 0. '
-           'Image i of every row starts from the same noise, so a column shows one draw walking across the '
-           'direction. Right: the baseline\'s accuracy on all images of the row.</p>',
-           '<table class="walk">']
+    out = ['<table class="walk">']
     for side, alpha in order:
-        where = dict(label=k, side=side) if alpha is None else dict(label=k, side=side, alpha=alpha)
+        where = dict(label=k, side=side) if alpha is None else dict(label=k, side=side, alpha=alpha, mode=mode)
         idx = np.flatnonzero(ev.mask(**where))
         if not len(idx):
             continue
         idx = idx[np.argsort([ev.rows[i]["noise_index"] for i in idx], kind="stable")]
-        group = acc.get("neutral", {}) if side == "neutral" else acc.get("alphas", {}).get(f"alpha_{alpha:g}", {}).get(side, {})
-        accuracy = group.get("per_class", {}).get(name)
         label = "neutral, α = 0" if side == "neutral" else f"{side}, α = {alpha:g}"
+        alt = f"{name} decoded {label}" + ("" if mode is None else f" (mode {mode})")
         out.append(f'<tr class="{side}"><td class="side"><b class="{side}-side">{_e(label)}</b></td>'
-                   f'<td>{_img(ev.images[idx[:PER_ROW]], f"{name} decoded {label}")}</td>'
-                   f'<td class="acc">baseline accuracy<br><b>{_pct(accuracy, 0)}</b> of {len(idx)}</td></tr>')
+                   f'<td>{_img(ev.images[idx[:PER_ROW]], alt)}</td>'
+                   f'<td class="acc">baseline accuracy<br><b>{_pct(accuracy_of(side, alpha), 0)}</b> of '
+                   f'{len(idx)}</td></tr>')
     out.append("</table>")
+    return "\n".join(out)
+
+
+def _eval_walk(inp: ReportInputs, name: str, k: int) -> str:
+    ev, acc = inp.eval_set, inp.generated.get("eval", {})
+
+    def accuracy_of(side, alpha):
+        group = acc.get("neutral", {}) if side == "neutral" else \
+            acc.get("alphas", {}).get(f"alpha_{alpha:g}", {}).get(side, {})
+        return group.get("per_class", {}).get(name)
+
+    table = _walk_table(inp, name, k, None, accuracy_of)
+    if table is None:
+        steered = any(r["label"] == k and r.get("mode") is not None for r in ev.rows)
+        reason = ("decoded along each failure mode (modes.drive: modes): see the modes below" if steered
+                  else ev.skipped.get(name, "no evaluation images for this class"))
+        return f'<h3>Decoded evaluation images</h3><p class="note">{_e(reason)}</p>'
+    return "\n".join(['<h3>Decoded evaluation images: from the hard side to the easy side</h3>',
+                      f'<p class="note">Each row: the first {PER_ROW} images decoded from the class reference '
+                      'embedding moved by α along the SVM direction towards its hard (failure) or easy side; neutral '
+                      'is α = 0. Image i of every row starts from the same noise, so a column shows one draw walking '
+                      'across the direction. Right: the baseline\'s accuracy on all images of the row.</p>', table])
+
+
+def _caption_lists(top: dict, planted: str | None) -> str:
+    lists = []
+    for side, title in (("hard", "hardest (most negative score: the failure side)"),
+                        ("easy", "easiest (most positive score)")):
+        items = "".join(f'<li>{_mark_planted(t["caption"], planted)} <span class="score">{t["score"]:+.3f}</span></li>'
+                        for t in top.get(side, [])[:TOP_CAPTIONS])
+        lists.append(f'<div><b class="{side}-side">{title}</b><ol>{items}</ol></div>')
+    return f'<div class="captions">{"".join(lists)}</div>'
+
+
+def _mode_strip(inp: ReportInputs, k: int, j: int) -> str:
+    """The class's real test images most and least like mode j (by its score)."""
+    scores = inp.test_mode_scores[:, j] if inp.test_mode_scores.shape[1] > j else np.full(len(inp.test), np.nan)
+    idx = np.flatnonzero((inp.test.labels == k) & np.isfinite(scores))
+    if not len(idx):
+        return '<p class="note">No test images scored by this mode.</p>'
+    idx = idx[np.argsort(-scores[idx], kind="stable")]
+    out = []
+    for side, chosen in (("hard", idx[:STRIP]), ("easy", idx[::-1][:STRIP])):
+        cells = [f"{scores[i]:+.2f}" + (" ✗" if not inp.test_correct[i] else "")
+                 + (" P" if inp.test_subpop is not None and inp.test_subpop[i] else "") for i in chosen]
+        wrong = int((inp.test_correct[chosen] == 0).sum())
+        planted = "" if inp.test_subpop is None else f", {int(inp.test_subpop[chosen].sum())} planted"
+        title = "most like the mode (highest score)" if side == "hard" else "least like it (lowest score)"
+        out.append(f'<p><b class="{side}-side">{len(chosen)} {title}</b>: baseline wrong on {wrong}{planted}</p>')
+        out.append(_img(inp.test.images[chosen], f"{side} real test images of mode {j}", cells))
+    return "\n".join(out)
+
+
+def _modes_section(inp: ReportInputs, name: str, k: int, planted: str | None) -> str:
+    """One subsection per failure mode of the class, largest share first."""
+    fitted = inp.modes.get("per_class", {}).get(name)
+    if not fitted:
+        reason = inp.modes.get("skipped", {}).get(name, "not in metrics/modes.json")
+        return f'<h3>Failure modes</h3><p class="note">No failure modes: {_e(reason)}</p>'
+    n_modes = int(fitted["n_modes"])
+    captions = inp.captions.get("modes", {}).get(name, [])
+    by_mode = inp.generated.get("eval_by_mode", {}).get(name, {})
+    best = fitted.get("best_subpop_ap")
+    silhouette = fitted.get("silhouette")
+    out = [f'<h3>Failure modes: {n_modes}</h3><p class="note">The class\'s {fitted["n_val_errors"]} wrong val '
+           'predictions clustered by how they differ from its correct images (failmap.modes), largest share first'
+           + ("" if silhouette is None else f"; silhouette {_num(silhouette, 2)}")
+           + '. A mode\'s score: how much an image looks like the mode\'s errors; its captions are ranked by the '
+           'same score of their text shift. Under each real image: its score, <b>✗</b> the baseline gets it wrong'
+           + ('; <b>P</b> planted (ground truth)' if inp.test_subpop is not None else "") + '.</p>']
+    for j in range(n_modes):
+        entry = fitted.get(f"mode_{j}", {})
+        ap = entry.get("subpop_ap")
+        mark = ' <span class="verdict good">best mode</span>' if ap is not None and ap == best and n_modes > 1 else ""
+        out.append(f'<div class="mode" id="class-{_e(name)}-mode-{j}"><h4>Mode {j}: {_pct(entry.get("share"), 0)} '
+                   f'of the val errors ({_e(entry.get("n_errors", "?"))})'
+                   + ("" if ap is None else f' · AP of the planted subpopulation <b>{_num(ap)}</b>{mark}') + "</h4>")
+        if j < len(captions):
+            out.append(_caption_lists(captions[j], planted))
+        out.append(_mode_strip(inp, k, j))
+        mode_acc = by_mode.get(f"mode_{j}", {})
+
+        def accuracy_of(side, alpha, mode_acc=mode_acc):
+            return by_mode.get("neutral") if side == "neutral" else \
+                mode_acc.get(f"alpha_{alpha:g}", {}).get(side)
+
+        table = _walk_table(inp, name, k, j, accuracy_of)
+        out.append('<p class="note">Decoded along this mode\'s direction (hard = towards the mode), image i of '
+                   'every row from the same noise:</p>' + table if table else
+                   '<p class="note">No decoded images of this mode: the generate stage walked the class SVM '
+                   '(modes.drive: svm).</p>')
+        out.append("</div>")
     return "\n".join(out)
 
 
@@ -437,7 +535,8 @@ def _class_section(inp: ReportInputs, name: str, k: int) -> str:
     planted = inp.meta.get("planted", {}).get(name, {}).get("phrase")
     tag = f'<span class="tag">planted: {_e(planted)}</span>' if planted else ""
     parts = [f'<section id="class-{_e(name)}"><h2>{_e(name)}{tag}</h2>', _facts(inp, name),
-             _captions(inp, name, planted), _real_strip(inp, k), _eval_walk(inp, name, k)]
+             _captions(inp, name, planted), _real_strip(inp, k), _eval_walk(inp, name, k),
+             _modes_section(inp, name, k, planted)]
     if _has_per_class_arms(inp):
         parts += ["<h3>Fine-tuning arms on this class (mean ± std over seeds)</h3>", _arms_table(inp, name)]
     parts.append("</section>")
