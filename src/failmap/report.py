@@ -358,14 +358,20 @@ def _real_strip(inp: ReportInputs, k: int) -> str:
         if not len(idx):
             continue
         idx = idx[np.argsort(-decision[idx] if descending else decision[idx], kind="stable")]
-        cells = [f"{decision[i]:+.2f}" + (" ✗" if not inp.test_correct[i] else "")
-                 + (" P" if inp.test_subpop is not None and inp.test_subpop[i] else "") for i in idx]
-        wrong = int((inp.test_correct[idx] == 0).sum())
-        planted = "" if inp.test_subpop is None else f", {int(inp.test_subpop[idx].sum())} planted"
         title = "hardest (lowest decision value)" if side == "hard" else "easiest (highest decision value)"
-        out.append(f'<p><b class="{side}-side">{len(idx)} {title}</b>: baseline wrong on {wrong}{planted}</p>')
-        out.append(_img(inp.test.images[idx], f"{side} real test images", cells))
+        out.append(_scored_images(inp, idx, decision, side, title, f"{side} real test images"))
     return "\n".join(out)
+
+
+def _scored_images(inp: ReportInputs, idx: np.ndarray, scores: np.ndarray, side: str, title: str, alt: str) -> str:
+    """A titled strip of test images ``idx``, each with its score, ✗ when the baseline is wrong and P
+    when it is in the planted subpopulation."""
+    cells = [f"{scores[i]:+.2f}" + (" ✗" if not inp.test_correct[i] else "")
+             + (" P" if inp.test_subpop is not None and inp.test_subpop[i] else "") for i in idx]
+    wrong = int((inp.test_correct[idx] == 0).sum())
+    planted = "" if inp.test_subpop is None else f", {int(inp.test_subpop[idx].sum())} planted"
+    return (f'<p><b class="{side}-side">{len(idx)} {title}</b>: baseline wrong on {wrong}{planted}</p>\n'
+            + _img(inp.test.images[idx], alt, cells))
 
 
 def _walk_table(inp: ReportInputs, name: str, k: int, mode: int | None, accuracy_of) -> str | None:
@@ -435,13 +441,8 @@ def _mode_strip(inp: ReportInputs, k: int, j: int) -> str:
     idx = idx[np.argsort(-scores[idx], kind="stable")]
     out = []
     for side, chosen in (("hard", idx[:STRIP]), ("easy", idx[::-1][:STRIP])):
-        cells = [f"{scores[i]:+.2f}" + (" ✗" if not inp.test_correct[i] else "")
-                 + (" P" if inp.test_subpop is not None and inp.test_subpop[i] else "") for i in chosen]
-        wrong = int((inp.test_correct[chosen] == 0).sum())
-        planted = "" if inp.test_subpop is None else f", {int(inp.test_subpop[chosen].sum())} planted"
         title = "most like the mode (highest score)" if side == "hard" else "least like it (lowest score)"
-        out.append(f'<p><b class="{side}-side">{len(chosen)} {title}</b>: baseline wrong on {wrong}{planted}</p>')
-        out.append(_img(inp.test.images[chosen], f"{side} real test images of mode {j}", cells))
+        out.append(_scored_images(inp, chosen, scores, side, title, f"{side} real test images of mode {j}"))
     return "\n".join(out)
 
 
