@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -147,22 +146,13 @@ def build(name: str, dest: Path, seed: int | None = None) -> None:
         raise SystemExit(f"unknown dataset '{name}'; known: {sorted(OVERRIDES)}")
     if dest.exists():
         raise SystemExit(f"{dest} already exists: pick a new folder")
-    dest.mkdir(parents=True)
-    for item in smoke.COPIED:
-        src = REPO / item
-        if src.is_dir():
-            shutil.copytree(src, dest / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif src.exists():
-            (dest / item).parent.mkdir(parents=True, exist_ok=True)
-            (dest / item).write_bytes(src.read_bytes())
     params = overlay(yaml.safe_load((REPO / "params.yaml").read_text()), OVERRIDES[name])
     if seed is not None:
         params["seed"] = seed
     params_from_dict(params)  # a bad override is refused here, naming its key, before any work
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    smoke.pipeline_repo(REPO, dest, params)
     if name == "digits":
         print(json.dumps(write_digits_folder(dest, params["seed"])), flush=True)
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     start = time.time()
     subprocess.run([sys.executable, "-m", "dvc", "repro", "fit_svms"], cwd=dest, env=smoke.pipeline_env(),
                    check=True)

@@ -41,7 +41,7 @@ import yaml
 
 from failmap.captions import names_attribute
 from failmap.params import overlay
-from failmap.smoke import COPIED, pipeline_env, repo_root
+from failmap.smoke import copy_pipeline, pipeline_env, pipeline_repo, repo_root
 
 BARS = {"rare_member_in_top3_hard": 0.8, "rare_member_ap": 0.8}
 RESULT_FILE = "bench_superclass.json"  # in a kept folder: the printed JSON object
@@ -76,17 +76,7 @@ def with_caption(setting: dict) -> dict:
 
 def make_copy(repo: Path, dest: Path, overrides: dict) -> Path:
     """A fresh git repository at ``dest`` with the pipeline and ``overrides`` over params.yaml."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in COPIED:
-        src = repo / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif src.exists():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, dest / name)
-    write_params(repo, dest, overrides)
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    return dest
+    return pipeline_repo(repo, dest, overlay(yaml.safe_load((repo / "params.yaml").read_text()), overrides))
 
 
 def write_params(repo: Path, dest: Path, overrides: dict) -> None:
@@ -219,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.reuse:
             for name in ("src", "stages"):
                 shutil.rmtree(work / name)
-                shutil.copytree(repo / name, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            copy_pipeline(repo, work, ("src", "stages"))
             write_params(repo, work, with_caption(first))
         else:
             make_copy(repo, work, with_caption(first))

@@ -45,19 +45,30 @@ def tiny_params(repo: Path) -> dict:
     return effective(repo / "params.yaml", [repo / TINY_PARAMS])
 
 
-def tiny_copy(repo: Path, dest: Path) -> Path:
-    """A fresh git repository at ``dest`` holding the pipeline and the tiny params."""
+def copy_pipeline(repo: Path, dest: Path, names=COPIED) -> None:
+    """Copy ``names`` (files or folders, by default what a copy needs to reproduce the
+    pipeline) from ``repo`` into ``dest``, leaving caches and build metadata behind."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in COPIED:
+    for name in names:
         src = repo / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         elif src.exists():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dest / name)
-    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(repo), sort_keys=False))
+
+
+def pipeline_repo(repo: Path, dest: Path, params: dict) -> Path:
+    """A fresh git repository at ``dest`` holding the pipeline and ``params`` as its params.yaml."""
+    copy_pipeline(repo, dest)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     return dest
+
+
+def tiny_copy(repo: Path, dest: Path) -> Path:
+    """A fresh git repository at ``dest`` holding the pipeline and the tiny params."""
+    return pipeline_repo(repo, dest, tiny_params(repo))
 
 
 def pipeline_env() -> dict[str, str]:
