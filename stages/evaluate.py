@@ -1,15 +1,17 @@
 """Stage evaluate: for every arm, mean and std over seeds of overall test
 accuracy and of accuracy on the hard and easy subpopulations — by ground truth
 where known, and by the baseline SVM's decision values (bottom / top
-evaluate.k test images per class, fixed before fine-tuning)."""
+evaluate.k test images per class, fixed before fine-tuning); and per class and
+failure mode, every arm's accuracy on the evaluate.k test images most like the
+mode (``by_mode``)."""
 from pathlib import Path
 
 import numpy as np
 
 from failmap.data import load_ground_truth, load_meta, load_split, subpop_mask
+from failmap.evaluation import evaluate_predictions, mode_accuracies, mode_hard_masks, svm_hard_easy_masks
 from failmap.finetune import METRICS as ARM_METRICS
-from failmap.evaluation import evaluate_predictions, svm_hard_easy_masks
-from failmap.finetune import aggregate, plot_rows
+from failmap.finetune import aggregate, aggregate_by_mode, plot_rows
 from failmap.io import read_json, write_json
 from failmap.plots import bar_plot, write_plot_data
 from failmap.stage import FINETUNED, METRICS, PLOTS, PREPARED, SVM_DIR, run_stage
@@ -21,16 +23,21 @@ def main():
         test = load_split(PREPARED, "test")
         with np.load(f"{SVM_DIR}/decisions.npz") as z:
             hard, easy = svm_hard_easy_masks(z["test_decision"], test.labels, p.evaluate.k)
+            by_mode = mode_hard_masks(z["test_mode_scores"], test.labels, p.evaluate.k)  # each mode's hard side
         gt = subpop_mask(truth, test.ids)
-        results = []
+        results, mode_results = [], []
         with np.load(f"{FINETUNED}/test_predictions.npz") as preds:
             if not np.array_equal(preds["ids"], test.ids):
                 raise SystemExit(f"{FINETUNED}/test_predictions.npz does not match the test split: re-run finetune")
             for r in read_json(f"{FINETUNED}/runs.json"):
-                scores = evaluate_predictions(preds[f"{r['arm']}/{r['seed']}"], test.labels, meta["classes"],
-                                              gt, hard, easy)
+                pred = preds[f"{r['arm']}/{r['seed']}"]
+                scores = evaluate_predictions(pred, test.labels, meta["classes"], gt, hard, easy)
                 results.append({**scores, "arm": r["arm"], "seed": r["seed"], "n_extra": r["n_extra"]})
+                mode_results.append({"arm": r["arm"], "seed": r["seed"],
+                                     "by_mode": mode_accuracies(pred, test.labels, meta["classes"], by_mode)})
         summary = aggregate(results)
+        # per class and failure mode: every arm's accuracy on the k test images most like the mode
+        summary["by_mode"] = aggregate_by_mode(mode_results)
         # the generator check of the generate stage travels with the figures it qualifies
         check = read_json(f"{METRICS}/generated.json")["generator_check"]
         summary["synthetic_trusted"] = check["trusted"]

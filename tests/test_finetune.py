@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import failmap.finetune as ft
-from failmap.evaluation import evaluate_model, predict_labels, svm_hard_easy_masks
-from failmap.finetune import FrozenFeatures, aggregate, finetune_arm, finetune_steps, plot_rows, select_pool
+from failmap.evaluation import (evaluate_model, mode_accuracies, mode_hard_masks, predict_labels,
+                                svm_hard_easy_masks)
+from failmap.finetune import FrozenFeatures, aggregate, aggregate_by_mode, finetune_arm, finetune_steps, plot_rows, select_pool
 from failmap.models import SmallCNN, save_classifier
 
 CLASSES = ["circle", "square", "star"]
@@ -235,3 +236,26 @@ def test_aggregate_single_seed_missing_ground_truth_and_errors():
         aggregate([result("pool_svm", 0, 10, [0.8] * 5), result("pool_svm", 1, 11, [0.8] * 5)])
     with pytest.raises(ValueError, match="no 'hard_acc_svm'"):
         aggregate([dict(arm="none", seed=0, n_extra=0, test_acc=0.8, hard_acc_gt=0.1, easy_acc_gt=0.1)])
+
+
+def test_mode_figures_count_each_modes_most_like_test_images_by_hand():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    # class 0 has two modes, class 1 one (NaN: no second mode); a higher score = more like the mode's errors
+    scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.0, 0.3],
+                       [0.5, np.nan], [0.7, np.nan], [0.1, np.nan], [0.2, np.nan]])
+    masks = mode_hard_masks(scores, labels, k=2)
+    assert np.flatnonzero(masks[0]).tolist() == [0, 1, 4, 5] and np.flatnonzero(masks[1]).tolist() == [2, 3]
+    wrong_on_mode0 = np.array([1, 1, 0, 0, 0, 1, 1, 1])   # wrong on images 0, 1 and 4
+    by_mode = mode_accuracies(wrong_on_mode0, labels, ["a", "b"], masks)
+    assert by_mode == {"a": {"mode_0": 0.0, "mode_1": 1.0}, "b": {"mode_0": 0.5}}
+    right = mode_accuracies(labels, labels, ["a", "b"], masks)
+    out = aggregate_by_mode([{"arm": "none", "seed": 0, "by_mode": by_mode},
+                             {"arm": "none", "seed": 1, "by_mode": right},
+                             {"arm": "caption", "seed": 0, "by_mode": right},
+                             {"arm": "caption", "seed": 1, "by_mode": right}])
+    assert out["a"]["mode_0"]["none"] == {"mean": 0.5, "std": pytest.approx(0.5 ** 0.5), "n": 2,
+                                          "delta_vs_none": None}
+    assert out["a"]["mode_0"]["caption"]["delta_vs_none"] == 0.5
+    assert out["b"]["mode_0"]["caption"]["delta_vs_none"] == 0.25 and out["a"]["mode_1"]["caption"]["delta_vs_none"] == 0
+    with pytest.raises(ValueError, match="mode_scores_test must be"):
+        mode_hard_masks(scores[:3], labels, k=2)

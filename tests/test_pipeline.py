@@ -158,3 +158,9 @@ def test_default_path_runs_on_the_shipped_foundation_models(tmp_path):
         check["neutral_clip_class_accuracy"] >= check["threshold"])
     evaluate = json.loads((work / "metrics" / "evaluate.json").read_text())
     assert evaluate["synthetic_trusted"] == check["trusted"]
+    # every failure mode of every class gets every arm's accuracy on the test images most like it
+    modes = json.loads((work / "metrics" / "modes.json").read_text())["per_class"]
+    assert {c: sorted(v) for c, v in evaluate["by_mode"].items()} == \
+        {c: [f"mode_{j}" for j in range(m["n_modes"])] for c, m in modes.items()}
+    arms = set(evaluate["arms"])
+    assert all(set(by_arm) == arms for v in evaluate["by_mode"].values() for by_arm in v.values())

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from failmap.data import Split, save_ground_truth, save_meta, save_split
-from failmap.finetune import aggregate
+from failmap.finetune import aggregate, aggregate_by_mode
 from failmap.evaluation import generator_check
 from failmap.generate import DecodeCall, SetPlan
 from failmap.generated import EVAL_SET, save_generated, write_manifest
@@ -129,6 +129,10 @@ def write_fake_outputs(root: Path, drive: str = "svm") -> Path:
                for seed in (0, 1)]
     summary = aggregate(results)
     summary["synthetic_trusted"] = check["trusted"]
+    summary["by_mode"] = aggregate_by_mode(
+        [{"arm": r["arm"], "seed": r["seed"],
+          "by_mode": {c: {f"mode_{j}": 0.25 + 0.125 * j + r["hard_acc_gt"] for j in range(len(sh))}
+                      for c, sh in MODE_SHARES.items()}} for r in results])
     write_json(metrics / "evaluate.json", summary)
     return root
 
@@ -268,3 +272,13 @@ def test_decoded_images_of_each_mode_when_modes_drive(tmp_path):
     mode1 = circle.split('id="class-circle-mode-1"')[1]
     assert "decoded hard, α = 1 (mode 1)" in mode1 and "<b>38 %</b>" in mode1   # 0.125 + 0.25: mode 1's hard accuracy
     assert "<b>88 %</b>" in mode1                                                # the shared neutral row's accuracy
+
+
+def test_each_mode_shows_every_arms_accuracy_on_the_test_images_most_like_it(fake_root):
+    page = build_report(load_report_inputs(fake_root))
+    for name, shares in MODE_SHARES.items():
+        for j in range(len(shares)):
+            section = re.split(r'<div class="mode"|</section>', page.split(f'id="class-{name}-mode-{j}"', 1)[1])[0]
+            # none 0.25 + 0.125 j + 0.3; pool_svm 0.2 better on every seed: (+20.0) points over none
+            assert f"{100 * (0.55 + 0.125 * j):.1f} %" in section and "(+20.0)" in section
+            assert section.index("<th>none</th>") < section.index("<th>generic</th>") < section.index("<th>pool_svm</th>")

@@ -138,6 +138,32 @@ def evaluate_predictions(pred: np.ndarray, test_labels: np.ndarray, class_names:
     }
 
 
+def mode_hard_masks(mode_scores_test: np.ndarray, labels: np.ndarray, k: int) -> list[np.ndarray]:
+    """Per mode column j (``fit_svms``'s ``test_mode_scores``: the class's j-th
+    largest mode), the k test images of each class most like that mode (highest
+    score); classes without a j-th mode are in none. Fixed before fine-tuning,
+    like ``svm_hard_easy_masks``."""
+    scores = np.asarray(mode_scores_test, dtype=np.float64)
+    if scores.ndim != 2 or len(scores) != len(labels):
+        raise ValueError(f"mode_scores_test must be (N, max_modes) with N = {len(labels)}, got {scores.shape}")
+    return [svm_hard_easy_masks(-scores[:, j], labels, k)[0] for j in range(scores.shape[1])]
+
+
+def mode_accuracies(pred: np.ndarray, test_labels: np.ndarray, class_names: Sequence[str],
+                    hard_masks: Sequence[np.ndarray]) -> dict[str, dict[str, float]]:
+    """Per class, per mode (``mode_0`` the largest): the accuracy of ``pred`` on
+    the class's test images most like the mode (``mode_hard_masks``)."""
+    labels = np.asarray(test_labels, dtype=np.int64)
+    correct = np.asarray(pred) == labels
+    out: dict[str, dict[str, float]] = {}
+    for j, mask in enumerate(hard_masks):
+        for k, name in enumerate(class_names):
+            inside = (labels == k) & mask
+            if inside.any():
+                out.setdefault(name, {})[f"mode_{j}"] = float(correct[inside].mean())
+    return out
+
+
 def evaluate_model(model: torch.nn.Module, test_images: np.ndarray, test_labels: np.ndarray,
                    class_names: Sequence[str], gt_subpop_mask: np.ndarray | None, svm_hard_mask: np.ndarray,
                    svm_easy_mask: np.ndarray, device: str, features=None) -> dict:

@@ -342,6 +342,27 @@ def aggregate(results: Sequence[dict]) -> dict:
     return out
 
 
+def aggregate_by_mode(results: Sequence[dict]) -> dict:
+    """``{class: {mode_j: {arm: {mean, std, n, delta_vs_none}}}}`` from one
+    ``{"arm", "seed", "by_mode": evaluation.mode_accuracies(...)}`` per (arm,
+    seed): each arm's mean and std over its seeds on the class's test images most
+    like the mode, and its mean minus the control arm's where that ran."""
+    values: dict = {}
+    for r in results:
+        for name, modes in r["by_mode"].items():
+            for mode, acc in modes.items():
+                values.setdefault(name, {}).setdefault(mode, {}).setdefault(r["arm"], []).append(acc)
+    out: dict = {}
+    for name, modes in values.items():
+        for mode, arms in modes.items():
+            entry = {arm: _mean_std(accs) for arm, accs in arms.items()}
+            base = entry.get(CONTROL_ARM)
+            for arm, e in entry.items():
+                e["delta_vs_none"] = None if base is None or arm == CONTROL_ARM else e["mean"] - base["mean"]
+            out.setdefault(name, {})[mode] = entry
+    return out
+
+
 def plot_rows(aggregated: dict, metric: str) -> list[dict]:
     """Rows {arm, mean, std} of one metric for ``dvc plots`` / ``plots.bar_plot``
     (arms without a value are left out; a missing std is written as 0)."""

@@ -20,9 +20,10 @@ as the evaluate stage ranks them) and by each mode's score:
   planted subpopulation (ground truth, where known), its own hard / easy
   captions (``metrics/captions.json`` ``modes``), the real test images most
   and least like it (by its score in ``data/svm/decisions.npz``
-  ``test_mode_scores``) and, when ``modes.drive: modes`` decoded them, its
-  hard / neutral / easy evaluation images with the baseline's accuracy on
-  them (``metrics/generated.json`` ``eval_by_mode``);
+  ``test_mode_scores``), every fine-tuning arm's accuracy on the test images
+  most like it (``metrics/evaluate.json`` ``by_mode``) and, when ``modes.drive:
+  modes`` decoded them, its hard / neutral / easy evaluation images with the
+  baseline's accuracy on them (``metrics/generated.json`` ``eval_by_mode``);
 - the fine-tuning arms: per class where ``metrics/evaluate.json`` has per-class
   figures, else one table for all classes (mean ± std over seeds).
 
@@ -446,6 +447,20 @@ def _mode_strip(inp: ReportInputs, k: int, j: int) -> str:
     return "\n".join(out)
 
 
+def _mode_arms(inp: ReportInputs, name: str, j: int) -> str:
+    """Every arm's accuracy on the class's test images most like mode j (metrics/evaluate.json ``by_mode``)."""
+    by_arm = inp.evaluate.get("by_mode", {}).get(name, {}).get(f"mode_{j}")
+    if not by_arm:
+        return '<p class="note">No fine-tuning figures for this mode in metrics/evaluate.json (by_mode).</p>'
+    cells = "".join(f'<td class="num">{_mean_std(by_arm[arm])}{_delta(by_arm[arm].get("delta_vs_none"))}</td>'
+                    for arm in _ordered_arms(by_arm))
+    heads = "".join(f"<th>{_e(arm)}</th>" for arm in _ordered_arms(by_arm))
+    return ('<p class="note">Every arm on the class\'s test images most like this mode (the evaluate stage\'s '
+            '<code>evaluate.k</code> highest-scoring ones, fixed before fine-tuning): accuracy, mean ± std over '
+            'fine-tuning seeds, (points over none):</p>'
+            f'<table><tr>{heads}</tr><tr>{cells}</tr></table>')
+
+
 def _modes_section(inp: ReportInputs, name: str, k: int, planted: str | None) -> str:
     """One subsection per failure mode of the class, largest share first."""
     fitted = inp.modes.get("per_class", {}).get(name)
@@ -473,6 +488,7 @@ def _modes_section(inp: ReportInputs, name: str, k: int, planted: str | None) ->
         if j < len(captions):
             out.append(_caption_lists(captions[j], planted))
         out.append(_mode_strip(inp, k, j))
+        out.append(_mode_arms(inp, name, j))
         mode_acc = by_mode.get(f"mode_{j}", {})
 
         def accuracy_of(side, alpha, mode_acc=mode_acc):
