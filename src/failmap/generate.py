@@ -237,6 +237,20 @@ def _check_svms(svms: Steers, n_classes: int) -> None:
         raise ValueError(f"svms has no entry (ClassSVM, Skip or steers) for class indices {missing}")
 
 
+def _steered_counts(out: SetPlan, class_names: Sequence[str], svms: Steers, n: int, skip_why: str):
+    """(class index, name, steer, count) for every steer of every class, ``count``
+    its ``spread`` share of the class's ``n`` images (0 included, so callers still
+    validate it); a class with nothing to steer by is recorded as skipped on ``out``
+    (``skip_why``: its reason's prefix)."""
+    for k, name in enumerate(class_names):
+        steers = _steers_of(svms[k], name)
+        if isinstance(steers, Skip):
+            out.skip(name, f"{skip_why}: {steers.reason}")
+            continue
+        for steer, count in zip(steers, spread(n, [s.share for s in steers])):
+            yield k, name, steer, count
+
+
 def plan_generic(embed_texts: EmbedTexts, class_names: Sequence[str], reference_captions: Sequence[str],
                  n_per_class: int, base_seed: int) -> SetPlan:
     """``n_per_class`` images per class from its reference caption alone; the
@@ -285,36 +299,30 @@ def plan_caption(decoder, embed_texts: EmbedTexts, class_names: Sequence[str],
         references = check_references(references, len(class_names), decoder.dim)
     _check_svms(svms, len(class_names))
     out = SetPlan("caption")
-    for k, name in enumerate(class_names):
-        steers = _steers_of(svms[k], name)
-        if isinstance(steers, Skip):
-            out.skip(name, f"no SVM, hence no hard captions: {steers.reason}")
+    for k, name, steer, count in _steered_counts(out, class_names, svms, n, "no SVM, hence no hard captions"):
+        if steer.mode is None:
+            written = hard_captions.get(k, [])
+        else:
+            by_mode = (mode_captions or {}).get(k, [])
+            if len(by_mode) <= steer.mode:
+                raise ValueError(f"class {name!r} has a mode {steer.mode} but no hard captions for it: the "
+                                 f"captions output is incomplete (re-run the caption stage)")
+            written = by_mode[steer.mode][1]
+        top = [c for c in written if c][:n_captions]
+        if not top:
+            what = "an SVM" if steer.mode is None else f"a mode {steer.mode}"
+            raise ValueError(f"class {name!r} has {what} but no hard captions: the captions output is incomplete")
+        if count == 0:
             continue
-        for steer, count in zip(steers, spread(n, [s.share for s in steers])):
-            if steer.mode is None:
-                written = hard_captions.get(k, [])
-            else:
-                by_mode = (mode_captions or {}).get(k, [])
-                if len(by_mode) <= steer.mode:
-                    raise ValueError(f"class {name!r} has a mode {steer.mode} but no hard captions for it: the "
-                                     f"captions output is incomplete (re-run the caption stage)")
-                written = by_mode[steer.mode][1]
-            top = [c for c in written if c][:n_captions]
-            if not top:
-                what = "an SVM" if steer.mode is None else f"a mode {steer.mode}"
-                raise ValueError(f"class {name!r} has {what} but no hard captions: the captions output is incomplete")
-            if count == 0:
-                continue
-            captions = [top[i % len(top)] for i in range(count)]
-            seed = _call_seed(base_seed, "caption", name, steer)
-            if weight < 1.0:
-                conditions = slerp(cycled(references[k], count), decoder.to_image_space(embed_texts(captions)),
-                                   weight)
-                call = DecodeCall(conditions, seed)
-            else:
-                call = DecodeCall(embed_texts(captions), seed, tuple(captions))
-            out.add(call, class_name=name, label=k, side="hard", alpha=None, captions=captions,
-                    tag=_mode_tag(steer, "c"), mode=steer.mode)
+        captions = [top[i % len(top)] for i in range(count)]
+        seed = _call_seed(base_seed, "caption", name, steer)
+        if weight < 1.0:
+            conditions = slerp(cycled(references[k], count), decoder.to_image_space(embed_texts(captions)), weight)
+            call = DecodeCall(conditions, seed)
+        else:
+            call = DecodeCall(embed_texts(captions), seed, tuple(captions))
+        out.add(call, class_name=name, label=k, side="hard", alpha=None, captions=captions,
+                tag=_mode_tag(steer, "c"), mode=steer.mode)
     return out
 
 
@@ -336,19 +344,14 @@ def plan_direction(decoder, class_names: Sequence[str], references: np.ndarray, 
     _check_svms(svms, len(class_names))
     references = check_references(references, len(class_names), decoder.dim)
     out = SetPlan("direction")
-    for k, name in enumerate(class_names):
-        steers = _steers_of(svms[k], name)
-        if isinstance(steers, Skip):
-            out.skip(name, f"no SVM: {steers.reason}")
+    for k, name, steer, count in _steered_counts(out, class_names, svms, n, "no SVM"):
+        poles = class_poles(steer.direction, references[k], extents, _extent_key(k, steer), decoder.dim, name)
+        if count == 0:
             continue
-        for steer, count in zip(steers, spread(n, [s.share for s in steers])):
-            poles = class_poles(steer.direction, references[k], extents, _extent_key(k, steer), decoder.dim, name)
-            if count == 0:
-                continue
-            call = DecodeCall(slerp(cycled(references[k], count), poles[0], alpha),
-                              _call_seed(base_seed, "direction", name, steer))
-            out.add(call, class_name=name, label=k, side="hard", alpha=float(alpha), captions=[""] * count,
-                    tag=_mode_tag(steer, f"a{alpha:g}"), mode=steer.mode)
+        call = DecodeCall(slerp(cycled(references[k], count), poles[0], alpha),
+                          _call_seed(base_seed, "direction", name, steer))
+        out.add(call, class_name=name, label=k, side="hard", alpha=float(alpha), captions=[""] * count,
+                tag=_mode_tag(steer, f"a{alpha:g}"), mode=steer.mode)
     return out
 
 
