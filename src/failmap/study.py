@@ -82,6 +82,8 @@ FIGURES: tuple[Figure, ...] = (
     Figure("planted subpopulation AP: SVM", "metrics/svm.json", _at("mean", "svm", "subpop_ap")),
     Figure("planted subpopulation AP: confidence", "metrics/svm.json", _at("mean", "confidence", "subpop_ap")),
     Figure("planted subpopulation AP: random", "metrics/svm.json", _at("mean", "random", "subpop_ap")),
+    # dcbench: the planted subpopulation matched with its class's best failure mode (failmap.modes)
+    Figure("planted subpopulation AP: best failure mode", "metrics/modes.json", _at("mean", "best_subpop_ap")),
     Figure("top-3 hard captions name the planted value", "metrics/captions.json",
            _at("planted_in_top3_hard", "fraction")),
     *(Figure(f"{arm}: planted subpopulation accuracy", "metrics/evaluate.json",
