@@ -2,6 +2,8 @@
 import json
 import math
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -98,3 +100,22 @@ c671a3f  s-seed2  Dec 01, 2026   Queued
 Worker status: 1 active, 0 idle"""
     assert queue_states(text, ["s-seed0", "s-seed1", "s-seed2"]) == {
         "s-seed1": "Running", "s-seed2": "Queued", "s-seed0": "Success"}
+
+
+def test_a_written_study_is_logged_to_mlflow_with_its_table_and_plot(tmp_path, monkeypatch):
+    from failmap import study, tracking
+    monkeypatch.setenv(tracking.TRACKING_ENV, "1")
+    monkeypatch.chdir(tmp_path)
+    runs = {name: metrics_of(e) for name, e in experiments(SHOW, "s-seed").items()}
+    table = aggregate(runs)
+    path = study.write_study("s", table, runs, [], ["seed=0"])
+    assert path == Path(study.STUDY_METRICS) / "s.json" and json.loads(path.read_text())["runs"] == sorted(runs)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study.log_study("s", table, path, uri, "failmap-test")
+    tracking.import_mlflow()
+    from mlflow import MlflowClient
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("failmap-test").experiment_id])
+    assert run.info.run_name == "study-s" and run.data.tags["failmap.study"] == "s"
+    assert run.data.metrics[tracking.clean_key("study.planted gap, mean over classes.mean")] == pytest.approx(0.25)
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id, "study")) == ["study/s.json", "study/s.png"]

@@ -243,8 +243,9 @@ def write_study(study: str, table: dict, runs: Mapping[str, dict], failed: Seque
     from failmap.io import write_json
     from failmap.plots import interval_plot
 
-    out = write_json(f"{metrics_dir}/{study}.json", dict(study=study, runs=sorted(runs), failed=list(failed),
-                                                           overrides=list(overrides), figures=table))
+    out = Path(metrics_dir) / f"{study}.json"
+    write_json(out, dict(study=study, runs=sorted(runs), failed=list(failed), overrides=list(overrides),
+                         figures=table))
     interval_plot(table, f"{plots_dir}/{study}.png", title=f"study {study!r}: mean and 95 % interval over "
                                                            f"{len(runs)} seeds")
     return out
