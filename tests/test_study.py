@@ -119,3 +119,13 @@ def test_a_written_study_is_logged_to_mlflow_with_its_table_and_plot(tmp_path, m
     assert run.info.run_name == "study-s" and run.data.tags["failmap.study"] == "s"
     assert run.data.metrics[tracking.clean_key("study.planted gap, mean over classes.mean")] == pytest.approx(0.25)
     assert sorted(a.path for a in client.list_artifacts(run.info.run_id, "study")) == ["study/s.json", "study/s.png"]
+
+
+def test_a_study_re_run_on_a_later_commit_gives_its_newer_experiments():
+    old, new = entry("s-seed0", 0, 0.9, 0.9, 0.9, 0.9), entry("s-seed0", 0, 0.2, 0.8, 0.6, 0.7)
+    old["data"]["timestamp"], new["data"]["timestamp"] = "2026-12-01T13:39:00", "2026-12-01T19:32:04"
+    for commits in ([new], [old]), ([old], [new]):
+        show = [{"rev": f"c{i}", "name": None, "data": {"metrics": {}, "params": {}},
+                 "experiments": [{"name": "s-seed0", "revs": revs}]} for i, revs in enumerate(commits)]
+        found = experiments(show, "s-seed")
+        assert metrics_of(found["s-seed0"])["metrics/baseline.json"]["test"]["subpop"]["mean_gap"] == 0.2

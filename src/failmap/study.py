@@ -105,7 +105,8 @@ def experiments(exp_show: list, prefix: str) -> dict[str, dict]:
     """{experiment name: its entry} for the *finished* experiments of ``dvc exp
     show --json`` whose name starts with ``prefix``: a queued, running or
     failed one (its group's ``executor.state``) is left out, since DVC shows
-    it with its parent commit's metrics. The workspace and commits are skipped."""
+    it with its parent commit's metrics. The workspace and commits are skipped.
+    A name run on several commits (``--all-commits``) gives its newest run."""
     found: dict[str, dict] = {}
 
     def walk(node, state=None):
@@ -117,13 +118,19 @@ def experiments(exp_show: list, prefix: str) -> dict[str, dict]:
                 state = (node.get("executor") or {}).get("state")
             name = node.get("name")
             if isinstance(name, str) and name.startswith(prefix) and isinstance(node.get("data"), dict) \
-                    and state in (None, "success") and not node.get("error"):
-                found[name] = node
+                    and state in (None, "success") and not node.get("error") \
+                    and (name not in found or _timestamp(node) >= _timestamp(found[name])):
+                found[name] = node  # a study re-run on a later commit: its experiments, not the older ones
             for value in node.values():
                 if isinstance(value, (list, dict)):
                     walk(value, state)
     walk(exp_show)
     return found
+
+
+def _timestamp(entry: dict) -> str:
+    """When DVC ran the experiment (ISO 8601, so it sorts as text); '' when unknown."""
+    return str(entry["data"].get("timestamp") or "")
 
 
 def metrics_of(entry: dict) -> dict[str, dict]:
