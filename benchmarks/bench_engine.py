@@ -58,7 +58,8 @@ def steady(n_images: int, job_s: float, startup_s: float) -> float:
 
 
 def embed_job(args):
-    """(run(engine, images) -> bytes, warm images, label): the embed stage's job."""
+    """The embed stage's job, as (load, run, items, items per engine item, label): ``run(engine, n,
+    model)`` embeds the first n images and returns their bytes; one engine item is one batch."""
     images = np.random.default_rng(0).integers(0, 256, (args.n, args.size, args.size, 3), np.uint8)
     load = partial(load_embedder, "world", None, None, str(Path(args.clip).resolve()), "cpu", args.batch_size)
 
@@ -70,7 +71,8 @@ def embed_job(args):
 
 
 def generate_job(args):
-    """The generate stage's job: ``args.calls`` decoder calls of ``args.call_size`` images."""
+    """The generate stage's job, as ``embed_job``: ``run(engine, n, model)`` decodes the first n of
+    ``args.calls`` decoder calls of ``args.call_size`` images; one engine item is one call."""
     rng = np.random.default_rng(0)
     load = partial(load_decoder, "world", str(Path(args.decoder).resolve()), None, "cpu")
     conditions = rng.standard_normal((args.calls, args.call_size, 64)).astype(np.float32)
