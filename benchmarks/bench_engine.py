@@ -36,6 +36,7 @@ import os
 import time
 from functools import partial
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -57,22 +58,32 @@ def steady(n_images: int, job_s: float, startup_s: float) -> float:
     return n_images / (job_s - startup_s) if job_s > 2 * startup_s else float("nan")
 
 
-def embed_job(args):
-    """The embed stage's job, as (load, run, items, items per engine item, label): ``run(engine, n,
-    model)`` embeds the first n images and returns their bytes; one engine item is one batch."""
+class Job(NamedTuple):
+    """One stage's engine job: ``run(engine, n, model)`` does its first n engine items and returns the
+    results' bytes; ``warm`` items make the one-item-per-worker start-up job."""
+    load: Callable
+    run: Callable
+    n_items: int
+    warm: int
+    n_images: int
+    label: str
+
+
+def embed_job(args) -> Job:
+    """The embed stage's job: one engine item is one batch of ``args.batch_size`` images."""
     images = np.random.default_rng(0).integers(0, 256, (args.n, args.size, args.size, 3), np.uint8)
     load = partial(load_embedder, "world", None, None, str(Path(args.clip).resolve()), "cpu", args.batch_size)
 
     def run(engine, n, model=None):
         got, _, _ = embed_image_sets(engine, load, {"bench": images[:n]}, args.batch_size, model)
         return got["bench"].tobytes()
-    return load, run, args.n, args.batch_size, (f"embed: {args.n} images of {args.size}px, batch "
-                                                f"{args.batch_size}, world CLIP ({args.clip})")
+    return Job(load, run, args.n, args.batch_size, args.n,
+               f"embed: {args.n} images of {args.size}px, batch {args.batch_size}, world CLIP ({args.clip})")
 
 
-def generate_job(args):
-    """The generate stage's job, as ``embed_job``: ``run(engine, n, model)`` decodes the first n of
-    ``args.calls`` decoder calls of ``args.call_size`` images; one engine item is one call."""
+def generate_job(args) -> Job:
+    """The generate stage's job: ``args.calls`` decoder calls of ``args.call_size`` images, one
+    engine item per call."""
     rng = np.random.default_rng(0)
     load = partial(load_decoder, "world", str(Path(args.decoder).resolve()), None, "cpu")
     conditions = rng.standard_normal((args.calls, args.call_size, 64)).astype(np.float32)
@@ -86,9 +97,10 @@ def generate_job(args):
                      captions=[""] * args.call_size, tag=f"call{j}")
         (built,) = decode_plans([plan], engine, load, model, **decode)
         return built.images.tobytes()
-    return load, run, args.calls, 1, (f"generate: {args.calls} decoder calls of {args.call_size} images "
-                                      f"({args.calls * args.call_size} images of 32px), world decoder "
-                                      f"({args.decoder}), 15 DDIM steps, guidance 5")
+    n_images = args.calls * args.call_size
+    return Job(load, run, args.calls, 1, n_images,
+               f"generate: {args.calls} decoder calls of {args.call_size} images ({n_images} images of 32px), "
+               f"world decoder ({args.decoder}), 15 DDIM steps, guidance 5")
 
 
 def main() -> None:
@@ -111,10 +123,10 @@ def main() -> None:
     torch.set_num_threads(threads)
 
     load_before = os.getloadavg()[0]
-    load, run, n_items, per_item, what = (embed_job if args.job == "embed" else generate_job)(args)
-    n_images = args.n if args.job == "embed" else args.calls * args.call_size
-    model, load_s = timed(load)
-    local, local_s = timed(lambda: run(LocalEngine(), n_items, model))
+    job = (embed_job if args.job == "embed" else generate_job)(args)
+    n_images = job.n_images
+    model, load_s = timed(job.load)
+    local, local_s = timed(lambda: job.run(LocalEngine(), job.n_items, model))
     rows = [dict(engine="local", workers=1, job_s=local_s, images_per_s=n_images / local_s,
                  steady_images_per_s=n_images / local_s, job_startup_s=load_s)]
 
@@ -126,8 +138,8 @@ def main() -> None:
             engine = RayEngine(workers, **({} if args.items_per_batch is None else
                                            {"items_per_batch": args.items_per_batch}))
             # start-up: a job of one item per actor (embed: one batch of images), then the whole job
-            _, startup_s = timed(lambda: run(engine, workers * per_item))
-            got, job_s = timed(lambda: run(engine, n_items))
+            _, startup_s = timed(lambda: job.run(engine, workers * job.warm))
+            got, job_s = timed(lambda: job.run(engine, job.n_items))
             if got != local:
                 raise SystemExit(f"ray with {workers} workers gave other results than local")
             rows.append(dict(engine="ray", workers=workers, job_s=job_s, images_per_s=n_images / job_s,
@@ -135,7 +147,7 @@ def main() -> None:
     finally:
         ray.shutdown()
 
-    print(f"{what}; {threads} thread(s) per worker, {os.cpu_count()} CPUs on this machine")
+    print(f"{job.label}; {threads} thread(s) per worker, {os.cpu_count()} CPUs on this machine")
     print(f"1-minute load average: {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other work on the "
           f"machine competes with the workers when it exceeds the CPU count)")
     print(f"ray start-up (ray.init, once per stage): {init_s:.1f} s; local model load: {load_s:.2f} s")

@@ -10,8 +10,7 @@ import numpy as np
 
 from failmap.data import load_ground_truth, load_meta, load_split, subpop_mask
 from failmap.evaluation import evaluate_predictions, mode_accuracies, mode_hard_masks, svm_hard_easy_masks
-from failmap.finetune import METRICS as ARM_METRICS
-from failmap.finetune import aggregate, aggregate_by_mode, plot_rows
+from failmap.finetune import METRICS as ARM_METRICS, aggregate, aggregate_by_mode, plot_rows
 from failmap.io import read_json, write_json
 from failmap.plots import bar_plot, write_plot_data
 from failmap.stage import FINETUNED, METRICS, PLOTS, PREPARED, SVM_DIR, run_stage

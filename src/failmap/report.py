@@ -452,9 +452,10 @@ def _mode_arms(inp: ReportInputs, name: str, j: int) -> str:
     by_arm = inp.evaluate.get("by_mode", {}).get(name, {}).get(f"mode_{j}")
     if not by_arm:
         return '<p class="note">No fine-tuning figures for this mode in metrics/evaluate.json (by_mode).</p>'
+    arms = _ordered_arms(by_arm)
+    heads = "".join(f"<th>{_e(arm)}</th>" for arm in arms)
     cells = "".join(f'<td class="num">{_mean_std(by_arm[arm])}{_delta(by_arm[arm].get("delta_vs_none"))}</td>'
-                    for arm in _ordered_arms(by_arm))
-    heads = "".join(f"<th>{_e(arm)}</th>" for arm in _ordered_arms(by_arm))
+                    for arm in arms)
     return ('<p class="note">Every arm on the class\'s test images most like this mode (the evaluate stage\'s '
             '<code>evaluate.k</code> highest-scoring ones, fixed before fine-tuning): accuracy, mean ± std over '
             'fine-tuning seeds, (points over none):</p>'
