@@ -101,6 +101,9 @@ def test_resumed_decoder_training_equals_an_uninterrupted_run(tmp_path):
     with pytest.raises(ValueError, match="space 'test'.*the CLIP changed"):
         train_decoder(images, embeds, embeds, tmp_path / "c", checkpoint_path=tmp_path / "b.pt",
                       **dict(kwargs, space="another"))
+    with pytest.raises(ValueError, match="another network design: channels \\[8, 16\\] there, \\[8, 8\\] here"):
+        train_decoder(images, embeds, embeds, tmp_path / "c", checkpoint_path=tmp_path / "b.pt",
+                      **dict(kwargs, channels=[8, 8]))
 
 
 def test_foundation_params_validate_their_own_schema(tmp_path):

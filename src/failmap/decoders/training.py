@@ -218,12 +218,20 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
                                         mean_text=bridge.mean_text.tolist(), cond_scale=cond_scale)
 
     history, running, first, elapsed_before = [], None, 0, 0.0
+    # what fixes the network's shape and objective: a checkpoint of another design is refused by name
+    design = dict(channels=[int(c) for c in channels], image_size=h, patch_size=patch_size, embed_dim=dim,
+                  time_conditioning=time_conditioning, attention_levels=attention_levels, scale_shift=scale_shift,
+                  prediction_type=prediction_type, beta_schedule=beta_schedule, train_timesteps=train_timesteps)
     recent = collections.deque(maxlen=LAST_STEPS)       # (loss, loss of predicting zero) of the last steps
     if checkpoint_path is not None and Path(checkpoint_path).is_file():
         state = torch.load(checkpoint_path, map_location=dev, weights_only=False)
         if state["steps"] != steps:
             raise ValueError(f"checkpoint {checkpoint_path} is of a {state['steps']}-step run, this one has "
                              f"{steps} steps: delete it to start afresh")
+        changed = {k: (v, design[k]) for k, v in state.get("design", {}).items() if design.get(k) != v}
+        if changed:
+            raise ValueError(f"checkpoint {checkpoint_path} is of another network design: " + ", ".join(
+                f"{k} {old} there, {new} here" for k, (old, new) in changed.items()) + ": delete it to start afresh")
         if state.get("space", space) != space:
             raise ValueError(f"checkpoint {checkpoint_path} was trained on embeddings of space {state['space']!r}, "
                              f"this run's are {space!r} (the CLIP changed): delete it to start afresh")
@@ -239,7 +247,7 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
         print(f"resuming decoder training at step {first} of {steps} from {checkpoint_path}", flush=True)
 
     def save_checkpoint(step: int) -> None:
-        save_torch(dict(step=step, steps=steps, space=space, unet=unet.state_dict(), optimizer=optimizer.state_dict(),
+        save_torch(dict(step=step, steps=steps, space=space, design=design, unet=unet.state_dict(), optimizer=optimizer.state_dict(),
                         schedule=schedule.state_dict(), generator=generator.get_state(),
                         ema=ema.state_dict() if ema is not None else None, history=history,
                         running=running, recent=list(recent),
