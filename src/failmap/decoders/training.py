@@ -247,10 +247,10 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
         print(f"resuming decoder training at step {first} of {steps} from {checkpoint_path}", flush=True)
 
     def save_checkpoint(step: int) -> None:
-        save_torch(dict(step=step, steps=steps, space=space, design=design, unet=unet.state_dict(), optimizer=optimizer.state_dict(),
-                        schedule=schedule.state_dict(), generator=generator.get_state(),
-                        ema=ema.state_dict() if ema is not None else None, history=history,
-                        running=running, recent=list(recent),
+        save_torch(dict(step=step, steps=steps, space=space, design=design, unet=unet.state_dict(),
+                        optimizer=optimizer.state_dict(), schedule=schedule.state_dict(),
+                        generator=generator.get_state(), ema=ema.state_dict() if ema is not None else None,
+                        history=history, running=running, recent=list(recent),
                         elapsed=elapsed_before + time.perf_counter() - start_time), checkpoint_path)
 
     last = steps if stop_at is None else max(first, min(steps, int(stop_at)))
