@@ -228,7 +228,7 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
         if state["steps"] != steps:
             raise ValueError(f"checkpoint {checkpoint_path} is of a {state['steps']}-step run, this one has "
                              f"{steps} steps: delete it to start afresh")
-        changed = {k: (v, design[k]) for k, v in state.get("design", {}).items() if design.get(k) != v}
+        changed = {k: (v, design.get(k)) for k, v in state.get("design", {}).items() if design.get(k) != v}
         if changed:
             raise ValueError(f"checkpoint {checkpoint_path} is of another network design: " + ", ".join(
                 f"{k} {old} there, {new} here" for k, (old, new) in changed.items()) + ": delete it to start afresh")
