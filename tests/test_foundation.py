@@ -198,3 +198,25 @@ def test_publish_copies_a_built_model_checked_against_its_card(tmp_path, monkeyp
     with pytest.raises(CardMismatch, match="weights.bin does not match"):
         foundation.publish("m")
     assert (shipped_dir("m") / "weights.bin").read_bytes() == b"w"  # what was published stays
+
+
+def test_sampling_is_chosen_on_one_heldout_half_by_the_weakest_figure(monkeypatch):
+    from failmap import foundation_eval
+    heldout = {"images": np.arange(10)[:, None], "shape": np.array(list("abcdeabcde"))}
+    selection, report = foundation_eval.heldout_halves(heldout)
+    assert set(selection["images"].ravel()).isdisjoint(report["images"].ravel())
+    assert len(selection["shape"]) + len(report["shape"]) == 10
+
+    def fake_quality(decoder, embedder, judge, part, spec, *, guidance_scale, num_inference_steps, **_):
+        assert part is selection
+        # guidance sharpens prompts and spoils images decoded from embeddings; steps change nothing
+        prompt, image = min(1.0, 0.6 + 0.15 * guidance_scale), max(0.0, 1.2 - 0.2 * guidance_scale)
+        return {"shape_prompt": {"clip_accuracy": prompt, "judge": {"accuracy": prompt}},
+                "colour_prompt": {"clip_accuracy": 1.0}, "context_prompt": {"clip_accuracy": 1.0},
+                "from_image_embedding": {"judge": {"accuracy": image}}}, {}
+    monkeypatch.setattr(foundation_eval, "decoder_quality", fake_quality)
+    chosen, rows = foundation_eval.select_sampling(None, None, None, selection, None, guidance_grid=[1, 2, 3],
+                                                   steps_grid=[20, 10], seed=0)
+    # weakest figure / bar: g1 0.83 (prompts), g2 0.89 (images), g3 0.67 (images): g2, the fewer steps
+    assert chosen == {"guidance_scale": 2.0, "num_inference_steps": 10}
+    assert len(rows) == 6 and {r["num_inference_steps"] for r in rows} == {10, 20}

@@ -17,12 +17,14 @@ import numpy as np
 from pathlib import Path
 
 from failmap.decoders.loader import load_decoder
+from failmap.device import resolve_mixed_precision
 from failmap.decoders.training import train_decoder
 from failmap.embedder import load_embedder
 from failmap.foundation import (CLIP_NAME, CORPUS_DIR, DECODER_NAME, METRICS_DIR, PLOTS_DIR, WORK_DIR, corpus_card,
                                 corpus_spec, export_decoder, hardware, load_corpus, load_foundation_params,
                                 built_dir, verify_card, write_card)
-from failmap.foundation_eval import decoder_quality, visible_mask
+from failmap.foundation_eval import (decoder_quality, decoder_summary, heldout_halves, select_sampling,
+                                     visible_mask)
 from failmap.io import read_json, write_json
 from failmap.models import load_classifier
 from failmap.params import as_dict
@@ -30,7 +32,9 @@ from failmap.plots import image_grid, line_plot
 
 CHECKPOINT = f"{WORK_DIR}/decoder_checkpoint.pt"
 CURVE = f"{WORK_DIR}/decoder_curve.json"      # grows across resumed runs, like the checkpoint
+RUNS = f"{WORK_DIR}/decoder_runs.json"        # one row per (resumed) run: its steps, seconds and hardware
 CURVE_SAMPLES = dict(n_per_shape=8, n_heldout=96)
+SELECTION_SAMPLES = dict(n_per_shape=16, n_heldout=192)
 PER_ROW = 8                                     # real | decoded images per shape in real_vs_decoded.png
 
 
@@ -52,11 +56,7 @@ def curve_point(step, pipe, embedder, judge, heldout, spec, settings) -> dict:
     report, images = decoder_quality(pipe, embedder, judge, heldout, spec, **CURVE_SAMPLES, **settings)
     image_grid(images["shape_prompt"], f"{PLOTS_DIR}/decoder_progress/step_{step:06d}.png", ncol=8,
                title=f"step {step}: 'a photo of a {{shape}}', one row per shape")
-    return dict(step=step, shape_prompt_clip=report["shape_prompt"]["clip_accuracy"],
-                shape_prompt_judge=report["shape_prompt"]["judge"]["accuracy"],
-                from_image_judge=report["from_image_embedding"]["judge"]["accuracy"],
-                colour_prompt_clip=report["colour_prompt"]["clip_accuracy"],
-                context_prompt_clip=report["context_prompt"]["clip_accuracy"])
+    return dict(step=step, **decoder_summary(report))
 
 
 def main():
@@ -68,12 +68,14 @@ def main():
     verify_card(built_dir(CLIP_NAME))
     embedder = load_embedder("world", model_dir=built_dir(CLIP_NAME))
     judge, _ = load_classifier(f"{WORK_DIR}/judge.pt")
-    corpus, heldout = load_corpus(CORPUS_DIR, "train"), load_corpus(CORPUS_DIR, "heldout")
+    corpus = load_corpus(CORPUS_DIR, "train")
+    selection, heldout = heldout_halves(load_corpus(CORPUS_DIR, "heldout"))  # sampling chosen on one, scored on the other
     image_embeds = embedder.embed_images(corpus["images"])
     text_embeds = embedder.embed_texts_per_row(corpus["captions"])
     settings = dict(num_inference_steps=r.num_inference_steps, guidance_scale=r.guidance_scale,
-                    batch_size=r.batch_size, show_progress=False, seed=p.seed)
+                    batch_size=r.batch_size, show_progress=False, seed=p.seed)   # the curve's
     curve = read_json(CURVE) if Path(CURVE).is_file() else []
+    runs = read_json(RUNS) if Path(RUNS).is_file() else []
 
     def on_snapshot(step, pipe):
         curve.append(curve_point(step, pipe, embedder, judge, heldout, spec, settings))
@@ -87,11 +89,20 @@ def main():
                           checkpoint_every=d.checkpoint_every, snapshot_every=d.eval_every,
                           on_snapshot=on_snapshot, stop_at=args.until_step)
     history = train.pop("history")
+    from_step = runs[-1]["to_step"] if runs else 0
+    if train["steps_done"] > from_step:
+        runs.append(dict(from_step=from_step, to_step=train["steps_done"], seconds=round(time.perf_counter() - start, 1),
+                         hardware=hardware(), bfloat16=resolve_mixed_precision(d.mixed_precision, train["device"])))
+        write_json(RUNS, runs)
 
     out = export_decoder(load_decoder("world", f"{WORK_DIR}/decoder", device="cpu"), built_dir(DECODER_NAME))
     decoder = load_decoder("world", out, device="cpu")   # score what ships
+    sampling, sampling_grid = select_sampling(decoder, embedder, judge, selection, spec, guidance_grid=r.guidance_grid,
+                                              steps_grid=r.steps_grid, seed=p.seed + 1000, **SELECTION_SAMPLES,
+                                              batch_size=r.batch_size, show_progress=False)
+    print(f"sampling chosen on the selection half: {sampling}", flush=True)
     quality, images = decoder_quality(decoder, embedder, judge, heldout, spec, n_per_shape=r.n_per_shape,
-                                      **settings)
+                                      **{**settings, **sampling})
     if not curve or curve[-1]["step"] != train["steps_done"]:
         curve.append(curve_point(train["steps_done"], decoder, embedder, judge, heldout, spec, settings))
         write_json(CURVE, curve)
@@ -109,11 +120,14 @@ def main():
                 load="diffusers DiffusionPipeline.from_pretrained(<folder>); failmap: load_decoder('world', <folder>)",
                 corpus=corpus_card(spec, len(corpus["images"]), p.seed), params=as_dict(d),
                 clip=dict(model=CLIP_NAME, space=embedder.space), training=train,
-                complete=train["steps_done"] == d.steps, hardware=hardware(),
-                wall_seconds_this_run=round(time.perf_counter() - start, 1),
-                quality_heldout=quality, quality_curve=curve, sampling=settings)
+                complete=train["steps_done"] == d.steps, runs=runs,
+                quality_heldout=quality, quality_curve=curve, sampling={**settings, **sampling},
+                sampling_selection=dict(heldout="the even held-out images (the report scores the odd ones)",
+                                        rule="max over the grid of min(figure / bar)", grid=sampling_grid))
     write_card(out, card)
-    write_json(f"{METRICS_DIR}/decoder.json", dict(quality_heldout=quality, steps_done=train["steps_done"],
+    write_json(f"{METRICS_DIR}/decoder_sampling.json", dict(chosen=sampling, grid=sampling_grid))
+    write_json(f"{METRICS_DIR}/decoder.json", dict(quality_heldout=quality, sampling=sampling,
+                                                    steps_done=train["steps_done"],
                                                     steps=d.steps, train_seconds=train["train_seconds"]))
     write_json(f"{METRICS_DIR}/decoder_curve.json", curve)
     line_plot(curve, "step", [k for k in curve[0] if k != "step"], f"{PLOTS_DIR}/decoder/quality_curve.png",

@@ -363,8 +363,10 @@ class FoundationDecoder(DecoderTrain):
     eval_every: Size  # steps between resumable checkpoints / points of the quality curve
 class FoundationReport(Section):
     n_per_shape: Size
-    num_inference_steps: Size
+    num_inference_steps: Size  # the quality curve's sampling; the report's is chosen from the grids below
     guidance_scale: NonNegative
+    guidance_grid: Annotated[list[NonNegative], Field(min_length=1)]
+    steps_grid: Annotated[list[Size], Field(min_length=1)]
     batch_size: Size
 class FoundationParams(Section):
     seed: Count
