@@ -102,6 +102,18 @@ Worker status: 1 active, 0 idle"""
         "s-seed1": "Running", "s-seed2": "Queued", "s-seed0": "Success"}
 
 
+def test_a_queue_whose_worker_never_started_is_reported_not_waited_on(monkeypatch):
+    from failmap import study
+    status = "Task     Name     Created    Status\n722ad61  s-seed0  01:24 PM   Queued\n\nWorker status: 0 active, 0 idle"
+    assert study.no_worker(status) and not study.no_worker(status.replace("0 active", "1 active"))
+    monkeypatch.setattr(study, "_dvc", lambda *a, **k: type("P", (), {"stdout": status})())
+    clock = iter(range(0, 10_000, 100))
+    monkeypatch.setattr(study.time, "time", lambda: next(clock))
+    monkeypatch.setattr(study.time, "sleep", lambda s: None)
+    with pytest.raises(RuntimeError, match=r"no DVC queue worker runs, \['s-seed0'\] still queued"):
+        study.queue_and_run("s", [0], poll_seconds=1)
+
+
 def test_a_written_study_is_logged_to_mlflow_with_its_table_and_plot(tmp_path, monkeypatch):
     from failmap import study, tracking
     monkeypatch.setenv(tracking.TRACKING_ENV, "1")

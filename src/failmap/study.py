@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -192,7 +193,9 @@ def table_markdown(table: Mapping[str, dict], digits: int = 3) -> str:
 
 # ------------------------------------------------------------------ running
 def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+    # the queue's worker runs `dvc` from PATH: put this interpreter's (the venv's) first
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise RuntimeError(f"`dvc {' '.join(args)}` failed ({proc.returncode}):\n{proc.stderr.strip()}")
     return proc
@@ -200,6 +203,11 @@ def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def run_name(study: str, seed: int) -> str:
     return f"{study}-seed{seed}"
+
+
+def no_worker(status: str) -> bool:
+    """``dvc queue status`` says no worker runs (nothing queued will ever start)."""
+    return "Worker status: 0 active, 0 idle" in status
 
 
 def queue_states(status: str, names: Sequence[str]) -> dict[str, str]:
@@ -228,11 +236,15 @@ def queue_and_run(study: str, seeds: Sequence[int], overrides: Sequence[str] = (
     _dvc("queue", "start", "-j", str(jobs))
     start = time.time()
     while True:
-        rows = queue_states(_dvc("queue", "status").stdout, names)
+        status = _dvc("queue", "status").stdout
+        rows = queue_states(status, names)
         waiting = [n for n, s in rows.items() if s in ("Queued", "Running")]
         print(f"[{time.time() - start:6.0f} s] " + ", ".join(f"{n}: {s}" for n, s in sorted(rows.items())), flush=True)
         if rows and not waiting:
             return sorted(n for n, s in rows.items() if s == "Failed")
+        if waiting and no_worker(status) and time.time() - start > 3 * poll_seconds:
+            raise RuntimeError(f"no DVC queue worker runs, {waiting} still queued: see "
+                               f".dvc/tmp/exps/celery/dvc-exp-worker-*.out, then `dvc queue start`")
         time.sleep(poll_seconds)
 
 
