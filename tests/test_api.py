@@ -54,7 +54,7 @@ def test_bad_input_is_refused_by_name():
     with pytest.raises(ValueError, match="val_predictions must have the shape of val_labels"):
         api.find_failure_directions(X, y, X, y, y[:-1], ["a", "b"], c_grid=[1.0], folds=2, max_iter=100,
                                     min_errors=1)
-    with pytest.raises(ValueError, match="walk must be 'extent' or 'normal'"):
+    with pytest.raises(ValueError, match="walk must be 'extent', 'images' or 'normal'"):
         api.decode_directions(None, None, alpha=1.0, walk="sideways")
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from failmap.data import load_split
 from failmap.decoders.sphere import angles_towards, normalize, rotate_towards, slerp
 from failmap.evaluation import clip_class_predictions, decoded_decision_report, generator_check, hard_neutral_easy_report
-from failmap.conditions import class_reference_embeddings, direction_extents, sample_reference_embeddings
+from failmap.conditions import class_reference_embeddings, direction_extents, sample_reference_embeddings, tail_images
 from failmap.generate import derive_seed, generate_caption, generate_direction, generate_eval, generate_generic
 from failmap.generated import keep_on_class, read_manifest, save_generated, save_grid, write_manifest
 from failmap.svm import ClassSVM, Preprocessor, Skip
@@ -194,6 +194,32 @@ def test_extent_walk_stops_where_the_class_images_end():
                                    np.clip(v[:3] + u, -1, 1), atol=0.01)
     with pytest.raises(ValueError, match="no entry in extents"):
         generate_direction(FakeDecoder(), CLASSES, REFS, SVMS, alpha=1.0, n_per_class=1, base_seed=1, extents={})
+
+
+def test_images_walk_decodes_the_class_own_hardest_and_easiest_val_images():
+    # class 0's images along e0: decision value = x0, so the hardest have the most negative e0
+    rng = np.random.default_rng(0)
+    rows = normalize(np.column_stack([np.linspace(-1, 1, 40), rng.normal(size=(40, 3)) * 0.3]))
+    labels = np.zeros(40, int)
+    tails = tail_images(SVMS, np.vstack([rows, REFS[1:]]), np.append(labels, 1), quantile=0.9)
+    assert list(tails) == [0]  # class 1 has no SVM
+    hard, easy = tails[0]
+    assert hard.shape == easy.shape == (4, D)  # ceil(0.1 * 40)
+    order = np.argsort(rows[:, 0])
+    np.testing.assert_allclose(hard, rows[order[:4]], atol=1e-6)     # most negative decision value first
+    np.testing.assert_allclose(easy, rows[order[::-1][:4]], atol=1e-6)
+    out = generate_direction(FakeDecoder(), CLASSES, REFS, SVMS, alpha=1.0, n_per_class=6, base_seed=1, extents=tails)
+    u = noise(derive_seed(1, "direction", "circle"), 6)
+    # alpha 1: image i is tail image i mod 4 itself (plus its noise)
+    np.testing.assert_allclose(colour_of(out.images), np.clip(hard[np.arange(6) % 4, :3] + u, -1, 1), atol=0.01)
+    ev = generate_eval(FakeDecoder(), CLASSES, REFS, SVMS, alphas=[0.5], n_per_class=5, base_seed=2, extents=tails)
+    u = noise(derive_seed(2, "eval", "circle"), 5)
+    for side, tail in (("hard", hard), ("easy", easy)):
+        expected = slerp(np.tile(REFS[0], (5, 1)), tail[np.arange(5) % 4], 0.5)
+        np.testing.assert_allclose(colour_of(ev.images[ev.mask(side=side, alpha=0.5)]),
+                                   np.clip(expected[:, :3] + u, -1, 1), atol=0.01)
+    with pytest.raises(ValueError, match="no image embeddings"):
+        tail_images(SVMS, rows[:0], labels[:0])
 
 
 def test_direction_refuses_an_svm_of_another_space():

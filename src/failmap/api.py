@@ -34,13 +34,15 @@ class FailureDirections:
     """What ``find_failure_directions`` found: ``svms[k]`` a ``failmap.svm.ClassSVM``
     (or a ``Skip`` saying why class k has none), the train-split ``preprocessor``
     they were fitted after, each class's ``references`` (unit mean train image
-    embedding, (n_classes, D)) and ``extents`` (``conditions.direction_extents``
-    on the validation embeddings)."""
+    embedding, (n_classes, D)), ``extents`` (``conditions.direction_extents``
+    on the validation embeddings) and ``tails`` (``conditions.tail_images``:
+    each class's hardest and easiest validation embeddings)."""
     class_names: list[str]
     preprocessor: object
     svms: dict
     references: np.ndarray
     extents: dict[int, tuple[float, float]]
+    tails: dict[int, tuple[np.ndarray, np.ndarray]]
 
     def fitted(self) -> list[str]:
         """The classes that got a direction."""
@@ -80,7 +82,7 @@ def find_failure_directions(train_embeds: np.ndarray, train_labels: np.ndarray, 
     fitted on validation. ``c_grid``, ``folds``, ``max_iter``, ``min_errors``:
     params.yaml ``svm`` when None.
     """
-    from failmap.conditions import class_reference_embeddings, direction_extents
+    from failmap.conditions import class_reference_embeddings, direction_extents, tail_images
     from failmap.svm import fit_all
 
     s = _settings("svm", c_grid=c_grid, folds=folds, max_iter=max_iter, min_errors=min_errors)
@@ -94,7 +96,8 @@ def find_failure_directions(train_embeds: np.ndarray, train_labels: np.ndarray, 
                                  s["folds"], seed, s["max_iter"], s["min_errors"], progress=progress)
     references = class_reference_embeddings(train_embeds, train_labels, len(class_names))
     extents = direction_extents(svms, references, val_embeds, val_labels)
-    return FailureDirections(class_names, preprocessor, svms, references, extents)
+    return FailureDirections(class_names, preprocessor, svms, references, extents,
+                             tail_images(svms, val_embeds, val_labels))
 
 
 def caption_directions(found: FailureDirections, embed_texts: EmbedTexts, *,
@@ -129,7 +132,8 @@ def decode_directions(found: FailureDirections, decoder, *, n_per_class: int = 8
     """Images of every class with a direction, each started at the class
     reference and walked ``alpha`` of the way towards the hard side of its
     direction (``walk`` 'extent': as far as the class's own validation images
-    reach; 'normal': towards the SVM's unit normal). Returns a
+    reach; 'images': towards those hardest validation images themselves;
+    'normal': towards the SVM's unit normal). Returns a
     ``failmap.generated.GeneratedSet`` (``images``, ``labels``, one manifest
     row per image with its seed). ``sampling``: the decoder's keyword
     arguments (``guidance_scale``, ``num_inference_steps``, ...).
@@ -138,8 +142,8 @@ def decode_directions(found: FailureDirections, decoder, *, n_per_class: int = 8
     from failmap.generate import generate_direction
 
     s = _settings("generate", alpha=alpha, walk=walk)
-    if s["walk"] not in ("extent", "normal"):
-        raise ValueError(f"walk must be 'extent' or 'normal', got {s['walk']!r}")
-    extents = found.extents if s["walk"] == "extent" else None
+    if s["walk"] not in ("extent", "images", "normal"):
+        raise ValueError(f"walk must be 'extent', 'images' or 'normal', got {s['walk']!r}")
+    extents = {"extent": found.extents, "images": found.tails, "normal": None}[s["walk"]]
     return generate_direction(decoder, found.class_names, found.references, found.svms, s["alpha"], n_per_class,
                               seed, extents, **sampling)

@@ -23,7 +23,13 @@ Poles. The SVM's direction points to the easy side; its opposite is the hard
 pole. A failure mode (``failmap.modes.Mode``) has a direction of the same
 kind and takes the SVM's place wherever a class's direction is asked for. With ``generate.walk: extent`` a pole is instead the point the class's
 own validation images reach along that direction (``direction_extents``),
-so that alpha 1 stays where the decoder has seen conditions.
+so that alpha 1 stays where the decoder has seen conditions. With
+``generate.walk: images`` a pole is not one point but the class's own
+validation images beyond that point (``tail_images``: the 5 % hardest, or
+easiest, by the direction's decision value): image i walks towards tail
+image i mod m, so alpha 1 decodes real hard (easy) embeddings, as varied as
+the images themselves, where one rotated class mean draws one attribute
+combination over and over.
 """
 from __future__ import annotations
 
@@ -141,6 +147,27 @@ def _mean_reference(references_k: np.ndarray) -> np.ndarray:
     return normalize(np.asarray(references_k).mean(0), "class reference")
 
 
+def tail_images(svms: Mapping[int, ClassSVM | Skip], image_embeds: np.ndarray, labels: np.ndarray,
+                quantile: float = EXTENT_QUANTILE) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per class with an SVM (or mode): (hard, easy), the embeddings (m, D) of its
+    own images beyond ``quantile`` on each side of the direction's decision
+    value, the most extreme first; m = ceil((1 - quantile) * the class's images)."""
+    labels = np.asarray(labels)
+    if not 0.5 < quantile < 1.0:
+        raise ValueError(f"quantile must lie in (0.5, 1), got {quantile}")
+    out = {}
+    for k, class_svm in svms.items():
+        if isinstance(class_svm, Skip):
+            continue
+        rows = np.asarray(image_embeds, dtype=np.float32)[labels == k]
+        if not len(rows):
+            raise ValueError(f"class {k} has an SVM but no image embeddings to take its tails from")
+        order = np.argsort(class_svm.decision_function(rows), kind="stable")  # hardest (most negative) first
+        m = max(1, int(np.ceil((1.0 - quantile) * len(rows))))
+        out[k] = (normalize(rows[order[:m]], "hard tail"), normalize(rows[order[::-1][:m]], "easy tail"))
+    return out
+
+
 def class_poles(class_svm: ClassSVM | Skip, references_k: np.ndarray, extents: Mapping[int, tuple[float, float]] | None,
            k: int, dim: int, class_name: str) -> tuple[np.ndarray, np.ndarray] | str:
     """(hard pole, easy pole) of a class, or why it has none: the SVM's unit
@@ -151,8 +178,10 @@ def class_poles(class_svm: ClassSVM | Skip, references_k: np.ndarray, extents: M
         return pole if isinstance(pole, str) else (pole, -pole)
     if k not in extents:
         raise ValueError(f"class {class_name!r} has an SVM but no entry in extents (direction_extents)")
-    reference = _mean_reference(references_k)
     hard, easy = extents[k]
+    if np.ndim(hard) == 2:   # tail_images: one real embedding per image, cycled
+        return np.asarray(hard, np.float32), np.asarray(easy, np.float32)
+    reference = _mean_reference(references_k)
     return rotate_towards(reference, pole, hard), rotate_towards(reference, -pole, easy)
 
 
@@ -172,3 +201,9 @@ def check_references(references: np.ndarray, n_classes: int, dim: int) -> np.nda
 def cycled(references_k: np.ndarray, n: int) -> np.ndarray:
     """n conditioning starts for one class: reference i mod m for image i."""
     return references_k[np.arange(n) % len(references_k)]
+
+
+def per_image(pole: np.ndarray, n: int) -> np.ndarray:
+    """A pole for n images: one (D,) vector as it is (every image walks to it),
+    (m, D) tail images cycled (image i walks to tail image i mod m)."""
+    return cycled(pole, n) if np.ndim(pole) == 2 else pole

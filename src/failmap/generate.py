@@ -65,6 +65,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from failmap.conditions import (check_count, check_references, class_poles, class_reference_embeddings, cycled,
+                                per_image, tail_images,
                                 direction_extents)
 from failmap.decoders.loader import check_compatible, load_decoder
 from failmap.decoders.sphere import slerp
@@ -135,17 +136,21 @@ def _extent_key(k: int, steer: Steer):
 
 
 def steer_extents(steers: Steers, references: np.ndarray, image_embeds: np.ndarray,
-                  labels: np.ndarray) -> dict:
-    """``direction_extents`` of every steer: keyed by class index for an SVM
-    steer (as ``direction_extents``) and by (class, mode) for a mode."""
+                  labels: np.ndarray, walk: str = "extent") -> dict:
+    """``direction_extents`` (``walk`` extent) or ``tail_images`` (``walk``
+    images) of every steer: keyed by class index for an SVM steer (as those
+    functions) and by (class, mode) for a mode."""
+    if walk not in ("extent", "images"):
+        raise ValueError(f"walk must be 'extent' or 'images' to have extents, got {walk!r}")
     out = {}
     for k, value in steers.items():
         class_steers = _steers_of(value, str(k))
         if isinstance(class_steers, Skip):
             continue
         for steer in class_steers:
-            out[_extent_key(k, steer)] = direction_extents({k: steer.direction}, references, image_embeds,
-                                                           labels)[k]
+            out[_extent_key(k, steer)] = (
+                direction_extents({k: steer.direction}, references, image_embeds, labels)[k] if walk == "extent"
+                else tail_images({k: steer.direction}, image_embeds, labels)[k])
     return out
 
 
@@ -348,7 +353,7 @@ def plan_direction(decoder, class_names: Sequence[str], references: np.ndarray, 
         poles = class_poles(steer.direction, references[k], extents, _extent_key(k, steer), decoder.dim, name)
         if count == 0:
             continue
-        call = DecodeCall(slerp(cycled(references[k], count), poles[0], alpha),
+        call = DecodeCall(slerp(cycled(references[k], count), per_image(poles[0], count), alpha),
                           _call_seed(base_seed, "direction", name, steer))
         out.add(call, class_name=name, label=k, side="hard", alpha=float(alpha), captions=[""] * count,
                 tag=_mode_tag(steer, f"a{alpha:g}"), mode=steer.mode)
@@ -381,7 +386,8 @@ def plan_eval(decoder, class_names: Sequence[str], references: np.ndarray, svms:
             hard_pole, easy_pole = class_poles(steer.direction, references[k], extents, _extent_key(k, steer),
                                                decoder.dim, name)
             for a in alphas:
-                jobs += [("hard", a, steer, slerp(starts, hard_pole, a)), ("easy", a, steer, slerp(starts, easy_pole, a))]
+                jobs += [("hard", a, steer, slerp(starts, per_image(hard_pole, n), a)),
+                         ("easy", a, steer, slerp(starts, per_image(easy_pole, n), a))]
         for side, a, steer, conditions in jobs:
             tag = f"{side}-a{a:g}"
             out.add(DecodeCall(conditions, seed), class_name=name, label=k, side=side, alpha=a, captions=[""] * n,
@@ -490,10 +496,10 @@ def load_generation_inputs(p, meta: dict) -> GenerationInputs:
     references = class_reference_embeddings(load_embeddings(EMBEDDINGS, "train", train_pred["id"]),
                                             train_pred["label"], len(classes))
     extents = None
-    if p.generate.walk == "extent":
+    if p.generate.walk != "normal":
         val_pred = load_predictions(f"{BASELINE_PREDICTIONS}/val.csv")
         extents = steer_extents(steers, references, load_embeddings(EMBEDDINGS, "val", val_pred["id"]),
-                                val_pred["label"])
+                                val_pred["label"], walk=p.generate.walk)
     return GenerationInputs(embedder, decoder, svms, hard_captions, references, extents, steers, mode_captions)
 
 

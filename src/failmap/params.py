@@ -248,7 +248,7 @@ class Caption(Section):
 
 class Generate(Section):
     n_per_class: Size
-    walk: Literal["extent", "normal"]
+    walk: Literal["extent", "normal", "images"]
     alpha: Fraction
     n_captions: Size
     caption_weight: Fraction
