@@ -19,6 +19,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,9 +194,14 @@ def table_markdown(table: Mapping[str, dict], digits: int = 3) -> str:
 
 # ------------------------------------------------------------------ running
 def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    # the queue's worker runs `dvc` from PATH: put this interpreter's (the venv's) first
+    # the queue's worker runs `dvc` from PATH: put this interpreter's (the venv's) first. Output goes
+    # through a file, not a pipe: the worker `queue start` leaves running inherits it, and a pipe
+    # would keep this call waiting until the whole queue is done
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True, env=env)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.run([sys.executable, "-m", "dvc", *args], stdout=out, stderr=err, text=True, env=env)
+        out.seek(0), err.seek(0)
+        proc.stdout, proc.stderr = out.read(), err.read()
     if check and proc.returncode != 0:
         raise RuntimeError(f"`dvc {' '.join(args)}` failed ({proc.returncode}):\n{proc.stderr.strip()}")
     return proc
