@@ -4,6 +4,7 @@ the embedder/decoder compatibility check. Tiny configs: seconds each."""
 from __future__ import annotations
 
 import gzip
+import json
 import os
 
 import numpy as np
@@ -136,8 +137,18 @@ def test_sampling_settings_pass_mixed_precision_to_the_world_decoder_only():
     from failmap.smoke import repo_root
     decoder = load_params(repo_root() / "params.yaml").decoder
     world = sampling_settings(decoder.model_copy(update=dict(mixed_precision=False)))
-    assert world == dict(guidance_scale=5.0, num_inference_steps=15, batch_size=64, mixed_precision=False)
+    assert world == dict(guidance_scale=decoder.guidance_scale, num_inference_steps=decoder.num_inference_steps,
+                         batch_size=decoder.batch_size, mixed_precision=False)
     assert "mixed_precision" not in sampling_settings(decoder.model_copy(update=dict(source="unclip")))
+
+
+def test_default_sampling_is_the_pair_the_shipped_decoder_card_chose():
+    from failmap.params import load_params
+    from failmap.smoke import repo_root
+    decoder = load_params(repo_root() / "params.yaml").decoder
+    card = json.loads((repo_root() / "models" / "pretrained" / "world-decoder" / "card.json").read_text())
+    assert (decoder.guidance_scale, decoder.num_inference_steps) == (card["sampling"]["guidance_scale"],
+                                                                    card["sampling"]["num_inference_steps"])
 
 
 def test_save_pretrained_from_pretrained_same_images(trained, tmp_path):
