@@ -258,7 +258,14 @@ def collect(study: str) -> dict[str, dict[str, dict]]:
     """{experiment name: {metrics file: content}} of the study's finished
     experiments, on any commit (``--all-commits``: a study outlives the commit
     it was queued on); a queued, running or failed one has no metrics yet."""
-    shown = json.loads(_dvc("exp", "show", "--json", "--all-commits").stdout)
+    for attempt in range(5):  # an experiment starting meanwhile can remove its temp folder under `exp show`
+        proc = _dvc("exp", "show", "--json", "--all-commits", check=False)
+        if proc.returncode == 0 or "does not exist" not in proc.stderr or attempt == 4:
+            break
+        time.sleep(5)
+    if proc.returncode != 0:
+        raise RuntimeError(f"`dvc exp show --json --all-commits` failed ({proc.returncode}):\n{proc.stderr.strip()}")
+    shown = json.loads(proc.stdout)
     runs = {name: metrics_of(entry) for name, entry in sorted(experiments(shown, f"{study}-seed").items())}
     return {name: files for name, files in runs.items() if EVALUATE in files}
 
