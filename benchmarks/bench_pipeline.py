@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from failmap.dvc_cli import scripts_first_env
+
 REPO = Path(__file__).resolve().parents[1]
 STAGE_START = re.compile(r"Running stage '([^']+)'")
 
@@ -35,7 +37,7 @@ def stage_names() -> list[str]:
 
 def run_repro(stages: list[str]) -> tuple[float, list[tuple[str, float]], float, int]:
     """(total seconds, [(stage, seconds)] in run order, peak MB, exit code)."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = scripts_first_env()
     cmd = [sys.executable, "-m", "dvc", "repro", "--force"] + (["--single-item"] + stages if stages else [])
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)

@@ -106,7 +106,7 @@ def test_a_queue_whose_worker_never_started_is_reported_not_waited_on(monkeypatc
     from failmap import study
     status = "Task     Name     Created    Status\n722ad61  s-seed0  01:24 PM   Queued\n\nWorker status: 0 active, 0 idle"
     assert study.no_worker(status) and not study.no_worker(status.replace("0 active", "1 active"))
-    monkeypatch.setattr(study, "_dvc", lambda *a, **k: type("P", (), {"stdout": status})())
+    monkeypatch.setattr(study, "run_dvc", lambda *a, **k: type("P", (), {"stdout": status})())
     clock = iter(range(0, 10_000, 100))
     monkeypatch.setattr(study.time, "time", lambda: next(clock))
     monkeypatch.setattr(study.time, "sleep", lambda s: None)

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from failmap import gate
+from failmap.dvc_cli import scripts_first_env
 from failmap.params import effective
 
 # What a copy needs to reproduce the pipeline: the DAG, the code, DVC's config
@@ -74,10 +75,8 @@ def tiny_copy(repo: Path, dest: Path) -> Path:
 def pipeline_env() -> dict[str, str]:
     """One thread (tiny models are far slower with two on a busy machine), no
     tracking, no analytics, this interpreter's scripts (dvc) first on PATH."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    env.update(OMP_NUM_THREADS="1", FAILMAP_TRACKING="0", DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1",
-               MLFLOW_DISABLE_TELEMETRY="true")
-    return env
+    return scripts_first_env(OMP_NUM_THREADS="1", FAILMAP_TRACKING="0", DVC_NO_ANALYTICS="1",
+                             HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from failmap.dvc_cli import run_dvc
 
 ARMS = ("none", "generic", "caption", "direction", "pool_svm", "pool_random", "pool_confidence")
 STUDY_METRICS = "metrics/study"   # <name>.json: the table
@@ -193,20 +192,6 @@ def table_markdown(table: Mapping[str, dict], digits: int = 3) -> str:
 
 
 # ------------------------------------------------------------------ running
-def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    # the queue's worker runs `dvc` from PATH: put this interpreter's (the venv's) first. Output goes
-    # through a file, not a pipe: the worker `queue start` leaves running inherits it, and a pipe
-    # would keep this call waiting until the whole queue is done
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.run([sys.executable, "-m", "dvc", *args], stdout=out, stderr=err, text=True, env=env)
-        out.seek(0), err.seek(0)
-        proc.stdout, proc.stderr = out.read(), err.read()
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"`dvc {' '.join(args)}` failed ({proc.returncode}):\n{proc.stderr.strip()}")
-    return proc
-
-
 def run_name(study: str, seed: int) -> str:
     return f"{study}-seed{seed}"
 
@@ -234,15 +219,15 @@ def queue_and_run(study: str, seeds: Sequence[int], overrides: Sequence[str] = (
     queue with ``jobs`` workers and wait for it. Experiments of an earlier
     study of the same name are removed first. Returns the names that failed."""
     names = [run_name(study, s) for s in seeds]
-    _dvc("exp", "remove", *names, check=False)
+    run_dvc("exp", "remove", *names, check=False)
     for seed, name in zip(seeds, names):
         sets = [arg for kv in (f"seed={seed}", *overrides) for arg in ("-S", kv)]
-        _dvc("exp", "run", "--queue", "-n", name, *sets)
+        run_dvc("exp", "run", "--queue", "-n", name, *sets)
         print(f"queued {name}", flush=True)
-    _dvc("queue", "start", "-j", str(jobs))
+    run_dvc("queue", "start", "-j", str(jobs))
     start = time.time()
     while True:
-        status = _dvc("queue", "status").stdout
+        status = run_dvc("queue", "status").stdout
         rows = queue_states(status, names)
         waiting = [n for n, s in rows.items() if s in ("Queued", "Running")]
         print(f"[{time.time() - start:6.0f} s] " + ", ".join(f"{n}: {s}" for n, s in sorted(rows.items())), flush=True)
@@ -258,13 +243,8 @@ def collect(study: str) -> dict[str, dict[str, dict]]:
     """{experiment name: {metrics file: content}} of the study's finished
     experiments, on any commit (``--all-commits``: a study outlives the commit
     it was queued on); a queued, running or failed one has no metrics yet."""
-    for attempt in range(5):  # an experiment starting meanwhile can remove its temp folder under `exp show`
-        proc = _dvc("exp", "show", "--json", "--all-commits", check=False)
-        if proc.returncode == 0 or "does not exist" not in proc.stderr or attempt == 4:
-            break
-        time.sleep(5)
-    if proc.returncode != 0:
-        raise RuntimeError(f"`dvc exp show --json --all-commits` failed ({proc.returncode}):\n{proc.stderr.strip()}")
+    # an experiment starting meanwhile can remove its temp folder under `exp show`: retry that
+    proc = run_dvc("exp", "show", "--json", "--all-commits", retry_if="does not exist", attempts=5)
     shown = json.loads(proc.stdout)
     runs = {name: metrics_of(entry) for name, entry in sorted(experiments(shown, f"{study}-seed").items())}
     return {name: files for name, files in runs.items() if EVALUATE in files}
