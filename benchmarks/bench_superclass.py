@@ -12,7 +12,7 @@ SVM AP of the rare member on test (bar >= 0.8), then one JSON object. As a
 diagnostic it also prints the baseline's test accuracy per member and whether
 the top-3 name the member the baseline fails on most.
 
-    python benchmarks/bench_superclass.py [--seed 0] [--keep DIR | --reuse DIR]
+    python benchmarks/bench_superclass.py [--seed 0] [--keep DIR | --reuse DIR] [--first-grouping]
     python benchmarks/bench_superclass.py --summarize DIR [DIR ...]   # folders --keep left, one per seed
 
 A kept folder also holds the printed JSON object (``RESULT_FILE``);
@@ -46,11 +46,18 @@ from failmap.smoke import copy_pipeline, pipeline_env, pipeline_repo, repo_root
 BARS = {"rare_member_in_top3_hard": 0.8, "rare_member_ap": 0.8}
 RESULT_FILE = "bench_superclass.json"  # in a kept folder: the printed JSON object
 
+# The groups mix looks, as CIFAR-100's superclasses do ("vehicles 2": lawn-mower, rocket, streetcar, tank,
+# tractor): each rare member's nearest look-alikes belong to *other* classes. The first design grouped by look
+# (round = circle / heart / moon, pointy = star / cross / triangle, boxy = square / diamond: FIRST_GROUPING);
+# there, in 5 of 15 superclass-seeds, a rare member's siblings taught it for free and the baseline did not fail
+# on it (benchmarks/superclass.md). Not tuned after measuring: one grouping, fixed before the run.
+FIRST_GROUPING = {"classes": ["round", "pointy", "boxy"],
+                  "superclasses": [["circle", "heart", "moon"], ["star", "cross", "triangle"], ["square", "diamond"]]}
 OVERRIDES = {
     "seed": 0,
     "world": {
-        "classes": ["round", "pointy", "boxy"],
-        "superclasses": [["circle", "heart", "moon"], ["star", "cross", "triangle"], ["square", "diamond"]],
+        "classes": ["alpha", "beta", "gamma"],
+        "superclasses": [["circle", "star", "square"], ["heart", "cross", "diamond"], ["moon", "triangle"]],
         "rare_members": None,          # drawn from the seed
         "n_train": 3000, "n_val": 1500, "n_test": 1500, "n_pool": 60, "n_corpus": 3000,
         "train_rate": 0.02,            # the rare member: 2 % of its class's train images ...
@@ -191,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                         "re-run only the stages that changed (after a caption-only edit: the caption stage)")
     parser.add_argument("--seed", type=int, default=OVERRIDES["seed"],
                         help="the master seed (draws the world, its rare members and every model)")
+    parser.add_argument("--first-grouping", action="store_true",
+                        help="the first design's groups by look (FIRST_GROUPING) instead of OVERRIDES' mixed ones")
     parser.add_argument("--summarize", metavar="DIR", nargs="+", type=Path,
                         help="only tabulate the results of these kept folders (one per seed), with intervals")
     args = parser.parse_args(argv)
@@ -198,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         print(summarize(args.summarize))
         return 0
     OVERRIDES["seed"] = args.seed
+    if args.first_grouping:
+        OVERRIDES["world"].update(FIRST_GROUPING)
     repo = repo_root()
     work = Path(args.keep or args.reuse or tempfile.mkdtemp(prefix="failmap-superclass-"))
     if args.keep and work.exists():
