@@ -95,15 +95,37 @@ def test_resumed_decoder_training_equals_an_uninterrupted_run(tmp_path):
     b = EmbeddingDecoderPipeline.from_pretrained(tmp_path / "b").unet.state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
-    with pytest.raises(ValueError, match="6-step run"):
+    with pytest.raises(ValueError, match="decays over 6 steps, this one's over 8"):
         train_decoder(images, embeds, embeds, tmp_path / "c", checkpoint_path=tmp_path / "b.pt",
                       **dict(kwargs, steps=8))
+    with pytest.raises(ValueError, match="at step 6, past this run's 4 steps"):
+        train_decoder(images, embeds, embeds, tmp_path / "c", checkpoint_path=tmp_path / "b.pt",
+                      **dict(kwargs, steps=4, decay_steps=6))
     with pytest.raises(ValueError, match="space 'test'.*the CLIP changed"):
         train_decoder(images, embeds, embeds, tmp_path / "c", checkpoint_path=tmp_path / "b.pt",
                       **dict(kwargs, space="another"))
     with pytest.raises(ValueError, match="another network design: channels \\[8, 16\\] there, \\[8, 8\\] here"):
         train_decoder(images, embeds, embeds, tmp_path / "c", checkpoint_path=tmp_path / "b.pt",
                       **dict(kwargs, channels=[8, 8]))
+
+
+def test_a_finished_decoder_run_extends_at_the_floor_learning_rate(tmp_path):
+    from failmap.decoders.training import LR_FLOOR
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (24, 8, 8, 3), dtype=np.uint8)
+    embeds = rng.normal(size=(24, 8)).astype(np.float32)
+    kwargs = dict(space="test", channels=[8, 16], batch_size=4, lr=1e-3, warmup=1, train_timesteps=50,
+                  patch_size=1, seed=3, device="cpu", scale_shift=True, log_every=1)
+    train_decoder(images, embeds, embeds, tmp_path / "a", checkpoint_path=tmp_path / "a.pt", steps=6, **kwargs)
+    extended = train_decoder(images, embeds, embeds, tmp_path / "a", checkpoint_path=tmp_path / "a.pt",
+                             steps=9, decay_steps=6, **kwargs)
+    assert extended["steps_done"] == 9 and extended["decay_steps"] == 6
+    lrs = {h["step"]: h["lr"] for h in extended["history"]}
+    assert lrs[1] > lrs[6]   # the first run decayed
+    # after the decay the rate is the floor (logged after the step's scheduler update)
+    assert lrs[6] == lrs[7] == lrs[8] == pytest.approx(1e-3 * LR_FLOOR)
+    # the history goes on from the first run's: steps 0..8 once each
+    assert sorted(lrs) == list(range(9))
 
 
 def test_foundation_params_validate_their_own_schema(tmp_path):

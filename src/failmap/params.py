@@ -359,6 +359,7 @@ class FoundationCorpus(Section):
     max_size: Fraction
     max_noise: NonNegative
 class FoundationDecoder(DecoderTrain):
+    decay_steps: Optional[Size]  # null: steps. The cosine's length; a finished run extends at the floor
     checkpoint_every: Size
     eval_every: Size  # steps between resumable checkpoints / points of the quality curve
 class FoundationReport(Section):

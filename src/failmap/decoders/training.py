@@ -131,7 +131,7 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
                   cond_scale: float = 1.0, scale_shift: bool = False,
                   log_every: int = 50, snapshot_every: int = 0, on_snapshot=None,
                   checkpoint_path: str | Path | None = None, checkpoint_every: int = 500,
-                  stop_at: int | None = None) -> dict:
+                  stop_at: int | None = None, decay_steps: int | None = None) -> dict:
     """Train the world decoder on (image, image embedding) pairs; save it to ``out_dir``.
 
     ``text_embeds_for_bridge``: caption embeddings of the same space (e.g. the
@@ -155,7 +155,10 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
     interrupted run loses at most ``checkpoint_every`` steps. ``stop_at``:
     pause after that many steps (checkpoint saved, the decoder so far written,
     ``steps_done`` says where); the learning-rate schedule stays the one of
-    ``steps``, so a later run resumes it unchanged.
+    ``steps``, so a later run resumes it unchanged. ``decay_steps`` (default
+    ``steps``): the cosine decays over that many steps and the learning rate
+    stays at its floor after them, so a finished run's checkpoint can be
+    extended: the same ``decay_steps``, more ``steps``.
     Returns metrics (final loss, wall time, parameter count, loss history).
     Same inputs and seed give the same weights (on the same device).
     """
@@ -177,6 +180,9 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
     if text_cond_prob > 0 and len(text_embeds_for_bridge) != n:
         raise ValueError(f"text_cond_prob > 0 trains on each image's caption, so text_embeds_for_bridge must hold "
                          f"one caption embedding per image ({n}), got {len(text_embeds_for_bridge)}")
+    horizon = steps if decay_steps is None else int(decay_steps)  # what the learning-rate schedule decays over
+    if horizon < 1:
+        raise ValueError(f"decay_steps must be >= 1 (or None: steps), got {decay_steps}")
     if steps < 1 or batch_size < 1 or lr <= 0 or train_timesteps < 2 or warmup < 0:
         raise ValueError(f"need steps >= 1, batch_size >= 1, lr > 0, train_timesteps >= 2, warmup >= 0; got "
                          f"{steps}, {batch_size}, {lr}, {train_timesteps}, {warmup}")
@@ -205,7 +211,7 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
     conds = torch.from_numpy(image_embeds).to(dev)
     caption_conds = torch.from_numpy(bridge(text_embeds_for_bridge)).to(dev) if text_cond_prob > 0 else None
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
-    schedule = lr_schedule(optimizer, steps=steps, warmup=warmup, decay="cosine", floor=LR_FLOOR)
+    schedule = lr_schedule(optimizer, steps=horizon, warmup=warmup, decay="cosine", floor=LR_FLOOR)
     generator = torch.Generator().manual_seed(seed)  # batches, timesteps, noise, condition dropout
 
     def pipeline(model: UNet2DConditionModel) -> EmbeddingDecoderPipeline:
@@ -225,9 +231,14 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
     recent = collections.deque(maxlen=LAST_STEPS)       # (loss, loss of predicting zero) of the last steps
     if checkpoint_path is not None and Path(checkpoint_path).is_file():
         state = torch.load(checkpoint_path, map_location=dev, weights_only=False)
-        if state["steps"] != steps:
-            raise ValueError(f"checkpoint {checkpoint_path} is of a {state['steps']}-step run, this one has "
-                             f"{steps} steps: delete it to start afresh")
+        if state.get("decay_steps", state["steps"]) != horizon:
+            raise ValueError(f"checkpoint {checkpoint_path} is of a run whose learning rate decays over "
+                             f"{state.get('decay_steps', state['steps'])} steps, this one's over {horizon}: to "
+                             f"extend a finished run keep its decay_steps and raise steps; else delete it to "
+                             f"start afresh")
+        if state["step"] > steps:
+            raise ValueError(f"checkpoint {checkpoint_path} is at step {state['step']}, past this run's {steps} "
+                             f"steps: raise steps or delete it to start afresh")
         changed = {k: (v, design.get(k)) for k, v in state.get("design", {}).items() if design.get(k) != v}
         if changed:
             raise ValueError(f"checkpoint {checkpoint_path} is of another network design: " + ", ".join(
@@ -247,7 +258,7 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
         print(f"resuming decoder training at step {first} of {steps} from {checkpoint_path}", flush=True)
 
     def save_checkpoint(step: int) -> None:
-        save_torch(dict(step=step, steps=steps, space=space, design=design, unet=unet.state_dict(),
+        save_torch(dict(step=step, steps=steps, decay_steps=horizon, space=space, design=design, unet=unet.state_dict(),
                         optimizer=optimizer.state_dict(), schedule=schedule.state_dict(),
                         generator=generator.get_state(), ema=ema.state_dict() if ema is not None else None,
                         history=history, running=running, recent=list(recent),
@@ -313,7 +324,7 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
               f"its images will be noise.", file=sys.stderr, flush=True)
     return dict(
         final_loss=round(running, 5), final_loss_vs_zero_prediction=round(loss_vs_zero, 4),
-        steps=steps, steps_done=last, batch_size=batch_size, n_images=n,
+        steps=steps, decay_steps=horizon, steps_done=last, batch_size=batch_size, n_images=n,
         n_parameters=sum(p.numel() for p in unet.parameters()), image_size=h, patch_size=patch_size,
         embed_dim=dim, space=space, train_seconds=round(elapsed_before + time.perf_counter() - start_time, 2),
         device=str(dev), history=history,
