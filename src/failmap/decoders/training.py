@@ -155,7 +155,7 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
     interrupted run loses at most ``checkpoint_every`` steps. ``stop_at``:
     pause after that many steps (checkpoint saved, the decoder so far written,
     ``steps_done`` says where); the learning-rate schedule stays the one of
-    ``steps``, so a later run resumes it unchanged. ``decay_steps`` (default
+    ``decay_steps``, so a later run resumes it unchanged. ``decay_steps`` (default
     ``steps``): the cosine decays over that many steps and the learning rate
     stays at its floor after them, so a finished run's checkpoint can be
     extended: the same ``decay_steps``, more ``steps``.
@@ -231,9 +231,10 @@ def train_decoder(images_uint8: np.ndarray, image_embeds: np.ndarray, text_embed
     recent = collections.deque(maxlen=LAST_STEPS)       # (loss, loss of predicting zero) of the last steps
     if checkpoint_path is not None and Path(checkpoint_path).is_file():
         state = torch.load(checkpoint_path, map_location=dev, weights_only=False)
-        if state.get("decay_steps", state["steps"]) != horizon:
+        decayed_over = state.get("decay_steps", state["steps"])  # checkpoints before decay_steps: their steps
+        if decayed_over != horizon:
             raise ValueError(f"checkpoint {checkpoint_path} is of a run whose learning rate decays over "
-                             f"{state.get('decay_steps', state['steps'])} steps, this one's over {horizon}: to "
+                             f"{decayed_over} steps, this one's over {horizon}: to "
                              f"extend a finished run keep its decay_steps and raise steps; else delete it to "
                              f"start afresh")
         if state["step"] > steps:
