@@ -106,6 +106,26 @@ def test_train_decoder_learns_the_condition_and_round_trips(trained):
     assert ((red > blue) == (which[:4] == 0)).all()
 
 
+def test_text_guidance_reaches_text_conditions_only(trained):
+    """``text_guidance_scale`` is the guidance of decode_texts / decode_captions; decode_images keeps
+    ``guidance_scale``; None falls back to it."""
+    from failmap.decoders.bridge import sampling_for
+    pipe = load_decoder("world", trained[0], device="cpu")
+    _, image_embeds, text_embeds, _ = trained[2]
+    kwargs = dict(num_inference_steps=3, seed=0, show_progress=False)
+    at = {g: (pipe.decode_images(image_embeds[:3], guidance_scale=g, **kwargs),
+              pipe.decode_texts(text_embeds[:3], guidance_scale=g, **kwargs)) for g in (1.5, 4.0)}
+    assert not np.array_equal(at[1.5][1], at[4.0][1])
+    both = dict(guidance_scale=1.5, text_guidance_scale=4.0, **kwargs)
+    np.testing.assert_array_equal(pipe.decode_images(image_embeds[:3], **both), at[1.5][0])
+    np.testing.assert_array_equal(pipe.decode_texts(text_embeds[:3], **both), at[4.0][1])
+    np.testing.assert_array_equal(pipe.decode_captions(["a", "b", "c"], text_embeds[:3], **both), at[4.0][1])
+    np.testing.assert_array_equal(pipe.decode_texts(text_embeds[:3], **{**both, "text_guidance_scale": None}),
+                                  at[1.5][1])
+    with pytest.raises(ValueError, match="condition kind"):
+        sampling_for("audio", both)
+
+
 def test_decoding_is_seeded_and_independent_of_batch_size(trained):
     pipe = load_decoder("world", trained[0], device="cpu")
     embeds = unit(np.random.default_rng(2), 5)
@@ -137,8 +157,9 @@ def test_sampling_settings_pass_mixed_precision_to_the_world_decoder_only():
     from failmap.smoke import repo_root
     decoder = load_params(repo_root() / "params.yaml").decoder
     world = sampling_settings(decoder.model_copy(update=dict(mixed_precision=False)))
-    assert world == dict(guidance_scale=decoder.guidance_scale, num_inference_steps=decoder.num_inference_steps,
-                         batch_size=decoder.batch_size, mixed_precision=False)
+    assert world == dict(guidance_scale=decoder.guidance_scale, text_guidance_scale=decoder.text_guidance_scale,
+                         num_inference_steps=decoder.num_inference_steps, batch_size=decoder.batch_size,
+                         mixed_precision=False)
     assert "mixed_precision" not in sampling_settings(decoder.model_copy(update=dict(source="unclip")))
 
 
@@ -147,8 +168,8 @@ def test_default_sampling_is_the_pair_the_shipped_decoder_card_chose():
     from failmap.smoke import repo_root
     decoder = load_params(repo_root() / "params.yaml").decoder
     card = json.loads((repo_root() / "models" / "pretrained" / "world-decoder" / "card.json").read_text())
-    assert (decoder.guidance_scale, decoder.num_inference_steps) == (card["sampling"]["guidance_scale"],
-                                                                    card["sampling"]["num_inference_steps"])
+    chosen = {k: card["sampling"][k] for k in ("guidance_scale", "text_guidance_scale", "num_inference_steps")}
+    assert {k: getattr(decoder, k) for k in chosen} == chosen
 
 
 def test_save_pretrained_from_pretrained_same_images(trained, tmp_path):

@@ -245,6 +245,8 @@ def test_sampling_is_chosen_on_one_heldout_half_by_the_weakest_figure(monkeypatc
     monkeypatch.setattr(foundation_eval, "decoder_quality", fake_quality)
     chosen, rows = foundation_eval.select_sampling(None, None, None, selection, None, guidance_grid=[1, 2, 3],
                                                    steps_grid=[20, 10], seed=0)
-    # weakest figure / bar: g1 0.83 (prompts), g2 0.89 (images), g3 0.67 (images): g2, the fewer steps
-    assert chosen == {"guidance_scale": 2.0, "num_inference_steps": 10}
+    # a guidance per kind: prompts' weakest figure / bar is best at g3 (colour 1.0 / 0.95), images' at g1
+    # (1.0 / 0.9); one guidance for both would have had to take g2 (0.89); the fewer steps on a tie
+    assert chosen == {"guidance_scale": 1.0, "text_guidance_scale": 3.0, "num_inference_steps": 10}
     assert len(rows) == 6 and {r["num_inference_steps"] for r in rows} == {10, 20}
+    assert [round(r["weakest_text_vs_bar"], 3) for r in rows[::2]] == [0.833, 1.0, 1.053]

@@ -12,13 +12,13 @@ quality curve, kept beside the checkpoint, and a sample grid).
 """
 import argparse
 import time
-
-import numpy as np
 from pathlib import Path
 
+import numpy as np
+
 from failmap.decoders.loader import load_decoder
-from failmap.device import resolve_mixed_precision
 from failmap.decoders.training import train_decoder
+from failmap.device import resolve_mixed_precision
 from failmap.embedder import load_embedder
 from failmap.foundation import (CLIP_NAME, CORPUS_DIR, DECODER_NAME, METRICS_DIR, PLOTS_DIR, WORK_DIR, corpus_card,
                                 corpus_spec, export_decoder, hardware, load_corpus, load_foundation_params,
@@ -123,7 +123,9 @@ def main():
                 complete=train["steps_done"] == d.steps, runs=runs,
                 quality_heldout=quality, quality_curve=curve, sampling={**settings, **sampling},
                 sampling_selection=dict(heldout="the even held-out images (the report scores the odd ones)",
-                                        rule="max over the grid of min(figure / bar)", grid=sampling_grid))
+                                        rule="per step count, each condition kind's (text prompts, image embeddings) "
+                                             "guidance maximises its weakest figure / bar; then the step count "
+                                             "whose weaker kind is best", grid=sampling_grid))
     write_card(out, card)
     write_json(f"{METRICS_DIR}/decoder_sampling.json", dict(chosen=sampling, grid=sampling_grid))
     write_json(f"{METRICS_DIR}/decoder.json", dict(quality_heldout=quality, sampling=sampling,

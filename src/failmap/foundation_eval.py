@@ -10,8 +10,9 @@
   their shape (the judge) and colour / context (CLIP).
 - Sampling: guidance and DDIM steps change every decoder figure (a guidance
   that sharpens text prompts over-saturates images decoded from image
-  embeddings), so ``select_sampling`` picks them on one half of the held-out
-  images and the report scores the other half (``heldout_halves``).
+  embeddings), so ``select_sampling`` picks them, a guidance per condition
+  kind, on one half of the held-out images and the report scores the other
+  half (``heldout_halves``).
 
 "Visible" figures leave out the objects drawn in a colour within
 ``world.MIN_CONTRAST`` of their background (white in the snow, black at
@@ -131,6 +132,8 @@ def decoder_quality(decoder, embedder, judge, heldout: dict, spec, *, n_per_shap
 # -------------------------------------------------------------- sampling choice
 DECODER_BARS = {"shape_prompt_clip": 0.90, "shape_prompt_judge": 0.90, "colour_prompt_clip": 0.95,
                 "context_prompt_clip": 0.95, "from_image_judge": 0.90}  # foundation-models issue
+TEXT_BARS = ("shape_prompt_clip", "shape_prompt_judge", "colour_prompt_clip", "context_prompt_clip")  # from captions
+IMAGE_BARS = ("from_image_judge",)                                                  # from image embeddings
 
 
 def decoder_summary(report: dict) -> dict[str, float]:
@@ -151,9 +154,14 @@ def heldout_halves(heldout: dict) -> tuple[dict, dict]:
 def select_sampling(decoder, embedder, judge, heldout: dict, spec, *, guidance_grid, steps_grid, seed: int,
                     **quality_kwargs) -> tuple[dict, list[dict]]:
     """Every (guidance, DDIM steps) of the grids scored with ``decoder_quality``
-    on ``heldout`` (the selection half); the pick maximises the weakest figure
-    relative to its bar (min over ``DECODER_BARS`` of figure / bar), fewer
-    steps on a tie. Returns (the pick's sampling settings, one row per pair)."""
+    on ``heldout`` (the selection half). A guidance per condition kind
+    (``bridge.sampling_for``): at each step count, ``text_guidance_scale``
+    maximises the weakest prompt figure relative to its bar (min over
+    ``TEXT_BARS`` of figure / bar) and ``guidance_scale`` the weakest
+    image-embedding figure (``IMAGE_BARS``); the two kinds are decoded apart,
+    so the pair's figures are those rows' own. The step count maximises the
+    weaker kind, fewer steps on a tie (and lower guidance). Returns (the pick's
+    sampling settings, one row per grid pair)."""
     from tqdm import tqdm
     rows = []
     pairs = [(float(g), int(s)) for g in guidance_grid for s in steps_grid]
@@ -162,6 +170,18 @@ def select_sampling(decoder, embedder, judge, heldout: dict, spec, *, guidance_g
                                     num_inference_steps=s, **quality_kwargs)
         figures = decoder_summary(report)
         rows.append(dict(guidance_scale=g, num_inference_steps=s, **figures,
-                         weakest_vs_bar=min(figures[k] / bar for k, bar in DECODER_BARS.items())))
-    best = max(rows, key=lambda r: (r["weakest_vs_bar"], -r["num_inference_steps"]))
-    return dict(guidance_scale=best["guidance_scale"], num_inference_steps=best["num_inference_steps"]), rows
+                         **{f"weakest_{kind}_vs_bar": min(figures[k] / DECODER_BARS[k] for k in bars)
+                            for kind, bars in (("text", TEXT_BARS), ("image", IMAGE_BARS))}))
+
+    def best(candidates: list[dict], kind: str) -> dict:
+        return max(candidates, key=lambda r: (r[f"weakest_{kind}_vs_bar"], -r["guidance_scale"]))
+
+    picks = []
+    for s in sorted({r["num_inference_steps"] for r in rows}):
+        at_s = [r for r in rows if r["num_inference_steps"] == s]
+        text, image = best(at_s, "text"), best(at_s, "image")
+        picks.append(dict(guidance_scale=image["guidance_scale"], text_guidance_scale=text["guidance_scale"],
+                          num_inference_steps=s, weakest=min(text["weakest_text_vs_bar"],
+                                                             image["weakest_image_vs_bar"])))
+    pick = max(picks, key=lambda r: (r["weakest"], -r["num_inference_steps"]))
+    return {k: v for k, v in pick.items() if k != "weakest"}, rows

@@ -200,6 +200,7 @@ class Decoder(Section):
     text_model: Text
     num_inference_steps: Size
     guidance_scale: NonNegative
+    text_guidance_scale: Optional[NonNegative]  # null: guidance_scale (decoders.bridge.sampling_for)
     batch_size: Size
     mixed_precision: MixedPrecision
     device: Device

@@ -45,3 +45,20 @@ class ModalityBridge:
         if text_embeds.shape[-1] != self.dim:
             raise ValueError(f"text_embeds have dimension {text_embeds.shape[-1]}, the bridge {self.dim}")
         return normalize(text_embeds - self.mean_text + self.mean_image, "bridged text_embeds")
+
+
+def sampling_for(kind: str, settings: dict) -> dict:
+    """A decoder's sampling keyword arguments for conditions of ``kind``:
+    "image" (image embeddings and points between them and a direction) or
+    "text" (caption embeddings through the bridge, or the words themselves).
+    ``text_guidance_scale`` (absent or None: ``guidance_scale``) is the
+    guidance of text conditions: measured on the world decoder, prompts want a
+    stronger push than image embeddings, which over-saturate under it
+    (benchmarks/foundation_models.md)."""
+    if kind not in ("image", "text"):
+        raise ValueError(f"condition kind must be 'image' or 'text', got {kind!r}")
+    settings = dict(settings)
+    text_guidance = settings.pop("text_guidance_scale", None)
+    if kind == "text" and text_guidance is not None:
+        settings["guidance_scale"] = text_guidance
+    return settings

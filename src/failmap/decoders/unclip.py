@@ -23,7 +23,7 @@ import torch
 from diffusers import StableDiffusionPipeline, StableUnCLIPImg2ImgPipeline
 from tqdm.auto import tqdm
 
-from failmap.decoders.bridge import ModalityBridge
+from failmap.decoders.bridge import ModalityBridge, sampling_for
 from failmap.decoders.images import to_uint8_images
 from failmap.decoders.sphere import check_embeds
 
@@ -83,8 +83,10 @@ class UnclipDecoder:
 
     # ------------------------------------------------------------- vectors
     def decode_images(self, embeds: np.ndarray, *, guidance_scale: float = 3.0, num_inference_steps: int = 25,
-                      seed: int = 0, batch_size: int = 8, show_progress: bool = True) -> np.ndarray:
-        """(N, D) vectors (normalised, then rescaled to the encoder's typical norm) -> uint8 images."""
+                      seed: int = 0, batch_size: int = 8, show_progress: bool = True,
+                      text_guidance_scale: float | None = None) -> np.ndarray:
+        """(N, D) vectors (normalised, then rescaled to the encoder's typical norm) -> uint8 images,
+        at ``guidance_scale`` (``text_guidance_scale`` is the text conditions', ``bridge.sampling_for``)."""
         embeds = torch.from_numpy(check_embeds(embeds, self.dim)) * self.embedding_norm
 
         def draw(pipe, batch: slice, latents: torch.Tensor) -> torch.Tensor:
@@ -103,7 +105,7 @@ class UnclipDecoder:
         return self.bridge(check_embeds(text_embeds, self.dim, "text_embeds"))
 
     def decode_texts(self, text_embeds: np.ndarray, **kwargs) -> np.ndarray:
-        return self.decode_images(self.to_image_space(text_embeds), **kwargs)
+        return self.decode_images(self.to_image_space(text_embeds), **sampling_for("text", kwargs))
 
     # ------------------------------------------------------------- captions
     def text_pipe(self) -> StableDiffusionPipeline:
@@ -117,8 +119,12 @@ class UnclipDecoder:
 
     def decode_captions(self, captions: list[str], text_embeds: np.ndarray | None = None, *,
                         guidance_scale: float = 3.0, num_inference_steps: int = 25, seed: int = 0,
-                        batch_size: int = 8, show_progress: bool = True) -> np.ndarray:
-        """Text-to-image from the words themselves (``text_embeds`` is not needed here)."""
+                        batch_size: int = 8, show_progress: bool = True,
+                        text_guidance_scale: float | None = None) -> np.ndarray:
+        """Text-to-image from the words themselves (``text_embeds`` is not needed here), at
+        ``text_guidance_scale`` where given, else ``guidance_scale``."""
+        guidance_scale = sampling_for("text", dict(guidance_scale=guidance_scale,
+                                                   text_guidance_scale=text_guidance_scale))["guidance_scale"]
         if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
             raise ValueError("captions must be a list of strings")
         if text_embeds is not None and len(text_embeds) != len(captions):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from tqdm.auto import tqdm
 
-from failmap.decoders.bridge import ModalityBridge
+from failmap.decoders.bridge import ModalityBridge, sampling_for
 from failmap.decoders.images import to_uint8_images
 from failmap.decoders.sphere import check_embeds
 
@@ -77,10 +77,12 @@ class EmbeddingDecoderPipeline(DiffusionPipeline):
         return self.bridge(check_embeds(text_embeds, self.dim, "text_embeds"))
 
     def decode_images(self, embeds: np.ndarray, **kwargs) -> np.ndarray:
-        return self(embeds, **kwargs)
+        """Image-space vectors, at ``guidance_scale`` (``bridge.sampling_for``)."""
+        return self(embeds, **sampling_for("image", kwargs))
 
     def decode_texts(self, text_embeds: np.ndarray, **kwargs) -> np.ndarray:
-        return self(self.to_image_space(text_embeds), **kwargs)
+        """Text embeddings, bridged, at ``text_guidance_scale`` where given."""
+        return self(self.to_image_space(text_embeds), **sampling_for("text", kwargs))
 
     def decode_captions(self, captions: list[str], text_embeds: np.ndarray, **kwargs) -> np.ndarray:
         """The world decoder has no text model: it decodes the captions' embeddings."""
