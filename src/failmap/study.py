@@ -225,7 +225,7 @@ def queue_and_run(study: str, seeds: Sequence[int], overrides: Sequence[str] = (
         run_dvc("exp", "run", "--queue", "-n", name, *sets)
         print(f"queued {name}", flush=True)
     run_dvc("queue", "start", "-j", str(jobs))
-    start = time.time()
+    start, idle_polls = time.time(), 0
     while True:
         status = run_dvc("queue", "status").stdout
         rows = queue_states(status, names)
@@ -233,7 +233,9 @@ def queue_and_run(study: str, seeds: Sequence[int], overrides: Sequence[str] = (
         print(f"[{time.time() - start:6.0f} s] " + ", ".join(f"{n}: {s}" for n, s in sorted(rows.items())), flush=True)
         if rows and not waiting:
             return sorted(n for n, s in rows.items() if s == "Failed")
-        if waiting and no_worker(status) and time.time() - start > 3 * poll_seconds:
+        # a worker exits as its last experiment ends, a moment before the status says so: two idle polls
+        idle_polls = idle_polls + 1 if waiting and no_worker(status) else 0
+        if idle_polls >= 2 and time.time() - start > 3 * poll_seconds:
             raise RuntimeError(f"no DVC queue worker runs, {waiting} still queued: see "
                                f".dvc/tmp/exps/celery/dvc-exp-worker-*.out, then `dvc queue start`")
         time.sleep(poll_seconds)
