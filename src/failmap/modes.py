@@ -1,5 +1,7 @@
 """Several failure modes per class: the class's val errors clustered by how
-they differ from its correct images, one direction per cluster.
+they differ from its correct images (``cluster: errors``), or the class's val
+images clustered and the clusters that err more than the class kept
+(``cluster: images``), one direction per cluster.
 
 One SVM per class (``failmap.svm``) separates right from wrong; when a class's
 errors have more than one cause its normal mixes them, and because it ranks by
@@ -75,7 +77,8 @@ MIN_EIGEN_RATIO = 1e-6
 @dataclass(eq=False)
 class Mode:
     """One failure mode of one class."""
-    weight: np.ndarray        # (D,) Sigma^-1/2 (mean of the mode's errors - center); score = weight . (z - center)
+    weight: np.ndarray        # (D,) score = weight . (z - center); cluster errors: Sigma^-1/2 (mean of the
+                              # mode's errors - center), cluster images: mean of the cluster - center
     center: np.ndarray        # (D,) mean of the class's correct val images, preprocessed
     preprocessor: Preprocessor
     n_errors: int             # val errors assigned to this mode
