@@ -247,7 +247,7 @@ def score_dataset(name: str, data_dir: Path, params: dict, domino_python: str | 
     """Per class AP of the planted subpopulation on test for every method, and their means. With
     ``own_params`` (the params of the pipeline that built ``data_dir``) the refitted SVM must match the
     pipeline's ``metrics/svm.json`` where it exists."""
-    from failmap.modes import ClassModes, fit_all_modes, mode_scores
+    from failmap.modes import CLUSTERINGS, ClassModes, fit_all_modes, mode_scores
     from failmap.ranking import average_precision, expected_random_ap
     from failmap.svm import ClassSVM, decision_values, fit_all
 
@@ -259,16 +259,19 @@ def score_dataset(name: str, data_dir: Path, params: dict, domino_python: str | 
     pre, svms = fit_all(X["val"], val["label"], val["correct"], X["train"], ds["classes"], svm_p["c_grid"],
                         svm_p["folds"], seed, svm_p["max_iter"], svm_p["min_errors"], progress=False)
     timings["svm_s"] = time.time() - start
-    start = time.time()
-    modes = fit_all_modes(X["val"], val["label"], val["correct"], pre, ds["classes"], modes_p["max_modes"],
-                          modes_p["min_mode_errors"], modes_p["min_silhouette"], seed, svm_p["min_errors"])
-    timings["modes_s"] = time.time() - start
+    by_clustering, modes_test = {}, {}
+    for clustering in CLUSTERINGS:  # both, side by side, whatever the params choose
+        start = time.time()
+        by_clustering[clustering] = fit_all_modes(
+            X["val"], val["label"], val["correct"], pre, ds["classes"], modes_p["max_modes"],
+            modes_p["min_mode_errors"], modes_p["min_silhouette"], seed, svm_p["min_errors"], clustering)
+        timings[f"modes_{clustering}_s"] = time.time() - start
+        modes_test[clustering] = mode_scores(by_clustering[clustering], X["test"], test["label"], modes_p["max_modes"])
     svm_test = decision_values(svms, X["test"], test["label"])
-    modes_test = mode_scores(modes, X["test"], test["label"], modes_p["max_modes"])
     subpop = ds["subpop_test"]
     # the classes every method analyses and whose test split has both members and non-members of the subpopulation
     classes = [k for k in range(len(ds["classes"]))
-               if isinstance(svms[k], ClassSVM) and isinstance(modes[k], ClassModes)
+               if isinstance(svms[k], ClassSVM) and all(isinstance(m[k], ClassModes) for m in by_clustering.values())
                and 0 < subpop[test["label"] == k].sum() < (test["label"] == k).sum()]
     domino = {}
     if domino_python:
@@ -279,13 +282,13 @@ def score_dataset(name: str, data_dir: Path, params: dict, domino_python: str | 
     for k in classes:
         t = test["label"] == k
         y = subpop[t]
-        fitted = modes[k]
         # every score here is "hardest = lowest", the project's AP convention (failmap.ranking)
-        row = {"svm": average_precision(svm_test[t], y),
-               "modes_best": max(average_precision(-modes_test[t, j], y) for j in range(len(fitted.modes))),
-               "modes_top": average_precision(-modes_test[t, 0], y),
-               "confidence": average_precision(test["confidence"][t], y),
-               "random": expected_random_ap(len(y), int(y.sum()))}
+        row = {"svm": average_precision(svm_test[t], y)}
+        for clustering, fitted in by_clustering.items():
+            aps = [average_precision(-modes_test[clustering][t, j], y) for j in range(len(fitted[k].modes))]
+            row[f"{clustering}_best"], row[f"{clustering}_top"] = max(aps), aps[0]
+        row.update(confidence=average_precision(test["confidence"][t], y),
+                   random=expected_random_ap(len(y), int(y.sum())))
         for method, memberships in domino.items():  # dcbench: the subpopulation's best slice
             row[method] = max(average_precision(-memberships[k][:, j], y) for j in range(memberships[k].shape[1]))
         near = cluster_control(pre.transform(X["val"][val["label"] == k]), pre.transform(X["test"][t]), seed)
@@ -293,9 +296,9 @@ def score_dataset(name: str, data_dir: Path, params: dict, domino_python: str | 
         # is the planted subpopulation a failure at all? the baseline's test accuracy in it / in the rest
         right, inside = test["correct"][t].astype(bool), y.astype(bool)
         row["accuracy_in_out"] = [round(float(right[inside].mean()), 3), round(float(right[~inside].mean()), 3)]
-        row["n_modes"] = len(fitted.modes)
-        row["shares"] = [round(m.share, 3) for m in fitted.modes]
-        row["n_val_errors"] = fitted.n_errors
+        for clustering, fitted in by_clustering.items():
+            row[f"{clustering}_shares"] = [round(m.share, 3) for m in fitted[k].modes]
+        row["n_val_errors"] = by_clustering["errors"][k].n_errors
         rows[ds["classes"][k]] = row
     pipeline_svm = data_dir.resolve().parent / "metrics" / "svm.json"
     if own_params and pipeline_svm.is_file():  # the refit must be the pipeline's own: same embeddings, params, seed
@@ -305,7 +308,8 @@ def score_dataset(name: str, data_dir: Path, params: dict, domino_python: str | 
             if theirs is not None and abs(theirs - row["svm"]) > 5e-4:  # svm.json rounds to 4 decimals
                 raise SystemExit(f"{name}: class {cls}: refitted SVM AP {row['svm']:.4f} but the pipeline's "
                                  f"{pipeline_svm} says {theirs}: other params or seed than the pipeline's?")
-    methods = [m for m in ("svm", "modes_best", "modes_top", "confidence", "random", *DOMINO_WEIGHTS, "kmeans_best")
+    methods = [m for m in ("svm", *(f"{c}_{w}" for c in CLUSTERINGS for w in ("best", "top")), "confidence", "random",
+                           *DOMINO_WEIGHTS, "kmeans_best")
                if rows and m in next(iter(rows.values()))]
     mean = {m: float(np.mean([r[m] for r in rows.values()])) for m in methods}
     # the classes whose planted subpopulation the baseline fails on: accuracy in it FAILING_GAP below the rest
@@ -318,12 +322,14 @@ def score_dataset(name: str, data_dir: Path, params: dict, domino_python: str | 
 
 def print_table(results: list[dict]) -> None:
     methods = list(results[0]["mean"])
-    print("| dataset | class | " + " | ".join(methods) + " | modes (val error shares) | baseline accuracy in / out |")
+    print("| dataset | class | " + " | ".join(methods)
+          + " | modes' val error shares: errors / images | baseline accuracy in / out |")
     print("|---|---|" + "---|" * len(methods) + "---|---|")
     for res in results:
         for cls, row in res["per_class"].items():
             print(f"| {res['dataset']} | {cls} | " + " | ".join(f"{row[m]:.3f}" for m in methods)
-                  + f" | {row['shares']} | {row['accuracy_in_out'][0]:.2f} / {row['accuracy_in_out'][1]:.2f} |")
+                  + f" | {row['errors_shares']} / {row['images_shares']} | "
+                  f"{row['accuracy_in_out'][0]:.2f} / {row['accuracy_in_out'][1]:.2f} |")
         print(f"| **{res['dataset']}** | **mean of {res['n_classes_scored']}** | "
               + " | ".join(f"**{res['mean'][m]:.3f}**" for m in methods) + " | | |")
         if res["n_failing"] and res["n_failing"] < res["n_classes_scored"]:

@@ -28,7 +28,8 @@ def main():
                             p.svm.c_grid, p.svm.folds, p.seed, p.svm.max_iter, p.svm.min_errors)
         save_svms(f"{SVM_DIR}/svms.npz", f"{SVM_DIR}/svms.json", pre, svms, classes)
         modes = fit_all_modes(X["val"], val["label"], val["correct"], pre, classes, p.modes.max_modes,
-                              p.modes.min_mode_errors, p.modes.min_silhouette, p.seed, p.svm.min_errors)
+                              p.modes.min_mode_errors, p.modes.min_silhouette, p.seed, p.svm.min_errors,
+                              p.modes.cluster)
         save_modes(f"{SVM_DIR}/modes.npz", f"{SVM_DIR}/modes.json", pre, modes, classes, p.modes.max_modes)
         decisions = {s: decision_values(svms, X[s], pred[s]["label"]) for s in ("test", "pool") if s in pred}
         # (N, modes.max_modes) per split: the score of each row under each mode of its class, NaN where none

@@ -197,3 +197,54 @@ def test_modes_report(fitted):
     assert "best_subpop_ap" not in modes_report(modes, scores)  # no ground truth: shares only
     with pytest.raises(ValueError, match="mode scores"):
         modes_report(modes, scores[:, :1] if n > 1 else scores[:, :0])
+
+
+# ``cluster: images``: a class made of tight sub-types (a superclass's members), one of which fails half the
+# time; the other two fail at the background rate. (marker dimension, share of the class, error rate)
+MEMBERS = {"rare": (0, 0.2, 0.5), "common_1": (1, 0.4, 0.05), "common_2": (2, 0.4, 0.05)}
+MEMBER_SHIFT = 6.0
+
+
+def superclass_class(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, DIM))
+    kind = rng.choice(list(MEMBERS), size=n, p=[share for _, share, _ in MEMBERS.values()])
+    p_wrong = np.zeros(n)
+    for name, (dim, _, error_rate) in MEMBERS.items():
+        X[kind == name, dim] += MEMBER_SHIFT
+        p_wrong[kind == name] = error_rate
+    return X, (rng.random(n) >= p_wrong).astype(int), kind == "rare"
+
+
+def test_image_clusters_keep_a_failing_subtype_together_right_members_included():
+    pre = Preprocessor.fit(np.random.default_rng(98).normal(size=(2000, DIM)))
+    X_val, c_val, _ = superclass_class(1500, seed=1)
+    X_test, c_test, rare = superclass_class(1500, seed=2)
+    modes = fit_class_modes(X_val, c_val, pre, seed=0, cluster="images", **MODES)
+    assert isinstance(modes, ClassModes)
+    # only the rare member's cluster errs more than the class as a whole: one mode, with its share of the errors
+    assert len(modes.modes) == 1, [m.share for m in modes.modes]
+    mode = modes.modes[0]
+    assert mode.share < 1 and mode.n_errors == pytest.approx(mode.share * modes.n_errors)
+    assert np.isfinite(modes.silhouette)
+    # its right members rank with its wrong ones: the test ranking of the whole member, and of its right half alone
+    assert average_precision_score(rare, mode.score(X_test)) > 0.95
+    right = c_test == 1
+    assert average_precision_score(rare[right], mode.score(X_test[right])) > 0.95
+
+
+def test_image_clusters_fall_back_to_error_clusters_when_no_cluster_errs_more():
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(300, DIM))
+    correct = (rng.random(300) > 0.1).astype(int)  # about 30 errors, spread over every cluster
+    settings = {**MODES, "min_mode_errors": 25}   # no cluster of a third of the images holds 25 of them
+    by_images = fit_class_modes(X, correct, Preprocessor.fit(X), seed=0, cluster="images", **settings)
+    by_errors = fit_class_modes(X, correct, Preprocessor.fit(X), seed=0, cluster="errors", **settings)
+    assert len(by_images.modes) == 1 and by_images.modes[0].share == 1.0
+    assert np.array_equal(by_images.modes[0].weight, by_errors.modes[0].weight)
+
+
+def test_unknown_clustering_named():
+    X = np.random.default_rng(8).normal(size=(50, DIM))
+    with pytest.raises(ValueError, match="cluster must be one of"):
+        fit_class_modes(X, np.ones(50, int), Preprocessor.fit(X), seed=0, cluster="slices", **MODES)

@@ -1,5 +1,7 @@
 """Several failure modes per class: the class's val errors clustered by how
-they differ from its correct images, one direction per cluster.
+they differ from its correct images (``cluster: errors``), or the class's val
+images clustered and the clusters that err more than the class kept
+(``cluster: images``), one direction per cluster.
 
 One SVM per class (``failmap.svm``) separates right from wrong; when a class's
 errors have more than one cause its normal mixes them, and because it ranks by
@@ -27,6 +29,18 @@ gets right rank as easy. Here, per class, on its val images:
    few dozen errors is mostly noise. Over the five benchmark datasets of
    ``benchmarks/modes.md`` the mean best-mode AP was 0.990 for this weight,
    0.982 for the mean difference and 0.928 for the discriminant.
+
+``cluster: images`` finds modes the way a slicer over the whole class does
+(Domino's mixture, dcbench's slices): k-means with ``max_modes`` clusters on
+*all* of the class's preprocessed val images, right and wrong; a cluster whose
+error rate is above the class's and that holds at least ``min_mode_errors``
+errors is a mode, weighted by ``mean_cluster - center`` (its members' mean,
+right ones included, minus the correct images' mean). On the unit-norm
+preprocessed rows, ranking by that coordinate is ranking by closeness to the
+cluster's centroid, so a failing sub-type's members rank together whether
+the model gets them wrong or right. A class with no such cluster falls back
+to ``cluster: errors``. The silhouette gate does not apply: in CLIP's
+dimensions a class's sub-types separate cleanly but score low silhouettes.
 
 A mode's *score* of an image is its coordinate along that direction from the
 class's correct mean (higher = more like the mode). Like the SVM, a mode also
@@ -63,7 +77,8 @@ MIN_EIGEN_RATIO = 1e-6
 @dataclass(eq=False)
 class Mode:
     """One failure mode of one class."""
-    weight: np.ndarray        # (D,) Sigma^-1/2 (mean of the mode's errors - center); score = weight . (z - center)
+    weight: np.ndarray        # (D,) score = weight . (z - center); cluster errors: Sigma^-1/2 (mean of the
+                              # mode's errors - center), cluster images: mean of the cluster - center
     center: np.ndarray        # (D,) mean of the class's correct val images, preprocessed
     preprocessor: Preprocessor
     n_errors: int             # val errors assigned to this mode
@@ -106,7 +121,12 @@ class ClassModes:
     silhouette: float         # of the chosen clustering; NaN when one mode was kept without a split
 
 
-def _validate(max_modes, min_mode_errors, min_silhouette) -> None:
+CLUSTERINGS = ("errors", "images")  # what k-means clusters: the class's val errors | all of its val images
+
+
+def _validate(max_modes, min_mode_errors, min_silhouette, cluster="errors") -> None:
+    if cluster not in CLUSTERINGS:
+        raise ValueError(f"cluster must be one of {list(CLUSTERINGS)}, got {cluster!r}")
     if int(max_modes) != max_modes or max_modes < 1:
         raise ValueError(f"max_modes must be a positive integer, got {max_modes!r}")
     if int(min_mode_errors) != min_mode_errors or min_mode_errors < 1:
@@ -142,15 +162,33 @@ def _cluster(D_unit: np.ndarray, max_modes: int, min_mode_errors: int, min_silho
     return best_labels, best_sil
 
 
+def _image_clusters(Z: np.ndarray, wrong: np.ndarray, max_modes: int, min_mode_errors: int,
+                    seed: int) -> tuple[list[np.ndarray], float]:
+    """(member masks of the clusters of all the class's images that are modes, the clustering's silhouette):
+    ``cluster: images`` of the module docstring; no masks when no cluster qualifies."""
+    k = min(max_modes, len(Z))
+    if k < 2:
+        return [], float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        labels = KMeans(n_clusters=k, n_init=KMEANS_RESTARTS, random_state=seed).fit_predict(Z)
+    if len(set(labels)) < 2:
+        return [], float("nan")
+    rate = wrong.mean()
+    masks = [labels == j for j in range(k)]
+    masks = [m for m in masks if wrong[m].sum() >= min_mode_errors and wrong[m].mean() > rate]
+    return masks, float(silhouette_score(Z, labels, metric="cosine"))
+
+
 def fit_class_modes(X_val_raw, correct_val, preprocessor: Preprocessor, max_modes: int, min_mode_errors: int,
-                    min_silhouette: float, seed: int, min_errors: int = 1) -> ClassModes | Skip:
+                    min_silhouette: float, seed: int, min_errors: int = 1, cluster: str = "errors") -> ClassModes | Skip:
     """One class's failure modes from its val images (see the module docstring).
 
     A ``Skip`` (not an exception) when the class has fewer wrong predictions
     than ``min_errors`` or than ``min_mode_errors``, or fewer than two correct
     ones (no mean and covariance to measure the errors against).
     """
-    _validate(max_modes, min_mode_errors, min_silhouette)
+    _validate(max_modes, min_mode_errors, min_silhouette, cluster)
     X, correct = check_class_split(X_val_raw, correct_val, preprocessor, min_errors)
     wrong = correct == 0
     n_errors, n_correct = int(wrong.sum()), int((~wrong).sum())
@@ -162,6 +200,16 @@ def fit_class_modes(X_val_raw, correct_val, preprocessor: Preprocessor, max_mode
                     n_val=len(X), n_errors=n_errors)
 
     Z = preprocessor.transform(X)
+    if cluster == "images":
+        masks, silhouette = _image_clusters(Z, wrong, max_modes, min_mode_errors, seed)
+        center = Z[~wrong].mean(axis=0)
+        modes = [Mode(weight=Z[m].mean(axis=0) - center, center=center, preprocessor=preprocessor,
+                      n_errors=int(wrong[m].sum()), share=int(wrong[m].sum()) / n_errors) for m in masks]
+        modes = [m for m in modes if np.any(m.weight)]
+        if modes:
+            modes.sort(key=lambda m: -m.n_errors)
+            return ClassModes(modes=modes, n_val=len(X), n_errors=n_errors, silhouette=silhouette)
+        # no cluster of the class's images errs more than the class: cluster its errors instead
     center, inv_sqrt = _whitener(Z[~wrong])
     deviations = (Z[wrong] - center) @ inv_sqrt
     norms = np.linalg.norm(deviations, axis=1, keepdims=True)
@@ -185,9 +233,9 @@ def fit_class_modes(X_val_raw, correct_val, preprocessor: Preprocessor, max_mode
 
 def fit_all_modes(X_val, labels_val, correct_val, preprocessor: Preprocessor, class_names: Sequence[str],
                   max_modes: int, min_mode_errors: int, min_silhouette: float, seed: int,
-                  min_errors: int = 1) -> dict[int, ClassModes | Skip]:
+                  min_errors: int = 1, cluster: str = "errors") -> dict[int, ClassModes | Skip]:
     """Every class's modes on the val split; class ``k`` clusters with seed ``seed + k``."""
-    _validate(max_modes, min_mode_errors, min_silhouette)
+    _validate(max_modes, min_mode_errors, min_silhouette, cluster)
     X_val = _as_matrix(X_val, "X_val", preprocessor.dim)
     labels, correct, n_classes = check_val_split(X_val, labels_val, correct_val, class_names)
     results: dict[int, ClassModes | Skip] = {}
@@ -197,7 +245,7 @@ def fit_all_modes(X_val, labels_val, correct_val, preprocessor: Preprocessor, cl
             results[k] = Skip(reason="no val images of this class", n_val=0, n_errors=0)
             continue
         results[k] = fit_class_modes(X_val[mask], correct[mask], preprocessor, max_modes, min_mode_errors,
-                                     min_silhouette, seed + k, min_errors)
+                                     min_silhouette, seed + k, min_errors, cluster)
     return results
 
 

@@ -215,6 +215,7 @@ class Modes(Section):
     max_modes: Size
     min_mode_errors: Size
     min_silhouette: _num(float, ge=-1, le=1)
+    cluster: Literal["errors", "images"]
     drive: Literal["svm", "modes", "top_mode"]
 class Caption(Section):
     template: Text
