@@ -177,6 +177,7 @@ def test_save_load_round_trip(fitted, tmp_path):
     assert (tmp_path / "m.npz").read_bytes() == first  # identical bytes for identical results (DVC)
     loaded, names = load_modes(tmp_path / "m.npz")
     assert names == ["a", "b"] and isinstance(loaded[1], Skip) and loaded[1].reason == "too few"
+    assert loaded[0].clustering == modes.clustering
     assert [m.share for m in loaded[0].modes] == [m.share for m in modes.modes]
     for a, b in zip(loaded[0].modes, modes.modes):
         assert np.allclose(a.score(X_test), b.score(X_test))
@@ -190,6 +191,7 @@ def test_modes_report(fitted):
     scores = np.stack([m.score(X_test) for m in modes.modes], axis=1)
     report = modes_report(modes, scores, members["a"])
     n = len(modes.modes)
+    assert report["clustering"] == modes.clustering
     assert report["n_modes"] == n and [report[f"mode_{j}"]["share"] for j in range(n)] == \
         [m.share for m in modes.modes]
     best = max(average_precision_score(members["a"], scores[:, j]) for j in range(n))
@@ -225,6 +227,7 @@ def test_image_clusters_keep_a_failing_subtype_together_right_members_included()
     # only the rare member's cluster errs more than the class as a whole: one mode, with its share of the errors
     assert len(modes.modes) == 1, [m.share for m in modes.modes]
     mode = modes.modes[0]
+    assert modes.clustering == "images"
     assert mode.share < 1 and mode.n_errors == pytest.approx(mode.share * modes.n_errors)
     assert np.isfinite(modes.silhouette)
     # its right members rank with its wrong ones: the test ranking of the whole member, and of its right half alone
@@ -242,6 +245,7 @@ def test_image_clusters_fall_back_to_error_clusters_when_no_cluster_errs_more():
     by_errors = fit_class_modes(X, correct, Preprocessor.fit(X), seed=0, cluster="errors", **settings)
     assert len(by_images.modes) == 1 and by_images.modes[0].share == 1.0
     assert np.array_equal(by_images.modes[0].weight, by_errors.modes[0].weight)
+    assert by_images.clustering == "errors"  # the fallback is recorded, not hidden
 
 
 def test_unknown_clustering_named():

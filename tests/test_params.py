@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -402,3 +403,20 @@ def test_apply_rewrites_params_yaml_with_the_configs_laid_over_it(tmp_path, monk
     with pytest.raises(ParamsError, match="baseline.epochs = 0"):
         apply([bad], target)
     assert target.read_text() == before  # a config that does not validate changes nothing
+
+
+def _choices(section, key):
+    return tuple(typing.get_args(section.model_fields[key].annotation))
+
+
+def test_choices_agree_with_the_libraries_that_act_on_them():
+    """params.py spells each choice list as a Literal (it stays import-light); the module that acts on the
+    value keeps its own tuple. They must not drift apart."""
+    from failmap import caption_sources, embedder, finetune, modes
+    from failmap.decoders import loader
+    from failmap.params import Arm, CaptionSource, Clip, Decoder, Modes
+    assert set(_choices(Modes, "cluster")) == set(modes.CLUSTERINGS)
+    assert set(typing.get_args(CaptionSource)) == set(caption_sources.SOURCES)
+    assert set(typing.get_args(Arm)) == set(finetune.ARMS)
+    assert set(_choices(Clip, "source")) == set(embedder.SOURCES)
+    assert set(_choices(Decoder, "source")) == set(loader.SOURCES)

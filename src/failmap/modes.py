@@ -119,6 +119,7 @@ class ClassModes:
     n_val: int
     n_errors: int
     silhouette: float         # of the chosen clustering; NaN when one mode was kept without a split
+    clustering: str = "errors"  # what produced the modes (CLUSTERINGS): "errors" also where images fell back
 
 
 CLUSTERINGS = ("errors", "images")  # what k-means clusters: the class's val errors | all of its val images
@@ -208,7 +209,8 @@ def fit_class_modes(X_val_raw, correct_val, preprocessor: Preprocessor, max_mode
         modes = [m for m in modes if np.any(m.weight)]
         if modes:
             modes.sort(key=lambda m: -m.n_errors)
-            return ClassModes(modes=modes, n_val=len(X), n_errors=n_errors, silhouette=silhouette)
+            return ClassModes(modes=modes, n_val=len(X), n_errors=n_errors, silhouette=silhouette,
+                              clustering="images")
         # no cluster of the class's images errs more than the class: cluster its errors instead
     center, inv_sqrt = _whitener(Z[~wrong])
     deviations = (Z[wrong] - center) @ inv_sqrt
@@ -304,7 +306,7 @@ def modes_report(fitted: ClassModes, test_scores, in_subpop=None) -> dict:
     scores = np.asarray(test_scores, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[1] < len(fitted.modes):
         raise ValueError(f"test_scores must be (N, >= {len(fitted.modes)}) mode scores, got shape {scores.shape}")
-    report = {"n_modes": len(fitted.modes), "n_val_errors": fitted.n_errors,
+    report = {"n_modes": len(fitted.modes), "n_val_errors": fitted.n_errors, "clustering": fitted.clustering,
               "silhouette": None if np.isnan(fitted.silhouette) else fitted.silhouette}
     aps = []
     for j, mode in enumerate(fitted.modes):
@@ -335,6 +337,7 @@ def save_modes(npz_path: str | Path, json_path: str | Path, preprocessor: Prepro
         direction=np.zeros((n_classes, max_modes, dim)), direction_raw=np.zeros((n_classes, max_modes, dim)),
         center=np.zeros((n_classes, dim)), mode_errors=np.zeros((n_classes, max_modes), np.int64),
         share=np.zeros((n_classes, max_modes)), silhouette=np.full(n_classes, np.nan),
+        clustering=np.asarray([""] * n_classes, dtype=object),
         n_val=np.zeros(n_classes, np.int64), n_errors=np.zeros(n_classes, np.int64),
         skip_reason=np.asarray([""] * n_classes, dtype=object),
     )
@@ -350,6 +353,7 @@ def save_modes(npz_path: str | Path, json_path: str | Path, preprocessor: Prepro
         if len(r.modes) > max_modes:
             raise ValueError(f"class '{name}' has {len(r.modes)} modes, more than max_modes={max_modes}")
         arrays["n_modes"][k], arrays["silhouette"][k] = len(r.modes), r.silhouette
+        arrays["clustering"][k] = r.clustering
         arrays["center"][k] = r.modes[0].center
         for j, mode in enumerate(r.modes):
             arrays["weight"][k, j], arrays["direction"][k, j] = mode.weight, mode.direction
@@ -357,8 +361,10 @@ def save_modes(npz_path: str | Path, json_path: str | Path, preprocessor: Prepro
             arrays["mode_errors"][k, j], arrays["share"][k, j] = mode.n_errors, mode.share
         summary["classes"][name] = {"fitted": True, "n_val": r.n_val, "n_errors": r.n_errors,
                                     "silhouette": None if np.isnan(r.silhouette) else r.silhouette,
+                                    "clustering": r.clustering,
                                     "modes": [{"n_errors": m.n_errors, "share": m.share} for m in r.modes]}
     arrays["skip_reason"] = arrays["skip_reason"].astype(str)
+    arrays["clustering"] = arrays["clustering"].astype(str)
     summary["n_fitted"] = int((arrays["n_modes"] > 0).sum())
     _write_npz(npz_path, arrays)
     write_json(json_path, to_jsonable(summary))
@@ -377,5 +383,6 @@ def load_modes(npz_path: str | Path) -> tuple[dict[int, ClassModes | Skip], list
         modes = [Mode(weight=a["weight"][k, j].copy(), center=a["center"][k].copy(), preprocessor=preprocessor,
                       n_errors=int(a["mode_errors"][k, j]), share=float(a["share"][k, j]))
                  for j in range(int(a["n_modes"][k]))]
-        results[k] = ClassModes(modes=modes, n_val=n_val, n_errors=n_errors, silhouette=float(a["silhouette"][k]))
+        results[k] = ClassModes(modes=modes, n_val=n_val, n_errors=n_errors, silhouette=float(a["silhouette"][k]),
+                                clustering=str(a["clustering"][k]))
     return results, [str(n) for n in a["class_names"]]
