@@ -114,6 +114,19 @@ def test_a_queue_whose_worker_never_started_is_reported_not_waited_on(monkeypatc
         study.queue_and_run("s", [0], poll_seconds=1)
 
 
+def test_the_last_experiment_finishing_after_its_worker_exits_is_waited_on(monkeypatch):
+    """The worker shuts down as its last experiment ends; the status says Running for up to a minute more."""
+    from failmap import study
+    running = "Task     Name     Created    Status\n722ad61  s-seed0  01:24 PM   Running\n\nWorker status: 0 active, 0 idle"
+    # 3 calls queue the experiment, then 5 polls (75 s) find it Running with no worker
+    statuses = iter([running] * (3 + 5) + [running.replace("Running", "Success")])
+    monkeypatch.setattr(study, "run_dvc", lambda *a, **k: type("P", (), {"stdout": next(statuses, "")})())
+    clock = iter(range(0, 10_000, 15))
+    monkeypatch.setattr(study.time, "time", lambda: next(clock))
+    monkeypatch.setattr(study.time, "sleep", lambda s: None)
+    assert study.queue_and_run("s", [0], poll_seconds=15) == []
+
+
 def test_a_written_study_is_logged_to_mlflow_with_its_table_and_plot(tmp_path, monkeypatch):
     from failmap import study, tracking
     monkeypatch.setenv(tracking.TRACKING_ENV, "1")
