@@ -131,6 +131,12 @@ def repro(work: Path, stage: str) -> float:
     return time.time() - start
 
 
+def mean_of(values) -> float | None:
+    """Mean of the values that are not None (None when none is)."""
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
 def summarize(dirs: list[Path]) -> str:
     """Markdown: one row per kept folder (one seed) and the mean over them with a 95 % Student-t interval of
     each figure: the rare-member caption hit rate per setting (over the classes with an SVM, hence captions:
@@ -160,7 +166,8 @@ def summarize(dirs: list[Path]) -> str:
                     f" ({sum(named.values())}/{len(named)}{of_all})")
 
     head = ["seed", "rare members", "baseline test accuracy, rare member / rest of class",
-            "SVM AP of the rare member", "mean SVM AP", "mean accuracy rare / rest", *labels,
+            "SVM AP of the rare member", "mean SVM AP", "mean best-mode AP", "mean accuracy rare / rest", *labels,
+            f"{diagnostic}, top failure mode's captions / any mode's",
             f"(diagnostic) {diagnostic}: the lowest-accuracy member named"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rep in reports:
@@ -172,8 +179,11 @@ def summarize(dirs: list[Path]) -> str:
                ", ".join(f"{acc[c]['rare']:.2f} / {acc[c]['rest']:.2f}" for c in ap),
                ", ".join("—" if ap[c] is None else f"{ap[c]:.2f}" for c in ap),
                cell("mean SVM AP", sum(fitted) / len(fitted) if fitted else None),
+               cell("mean best-mode AP", mean_of(rep.get("mode_rare_member_ap", {}).values())),
                cell("accuracy rare", mean_rare) + " / " + cell("accuracy rest", mean_rest),
                *(hits(rep, label) for label in labels),
+               cell("top mode", rep["settings"][diagnostic].get("top_mode_rare_member_in_top3_hard")) + " / "
+               + cell("any mode", rep["settings"][diagnostic].get("any_mode_rare_member_in_top3_hard")),
                cell("worst", rep["settings"][diagnostic]["worst_member_in_top3_hard"])]
         lines.append("| " + " | ".join(row) + " |")
 
@@ -185,9 +195,10 @@ def summarize(dirs: list[Path]) -> str:
         return f"**{stats['mean']:.2f}**{ci}"
 
     lines.append("| " + " | ".join([f"mean of {len(reports)} [95 % t interval]", "", "", "",
-                                     mean_cell("mean SVM AP"),
+                                     mean_cell("mean SVM AP"), mean_cell("mean best-mode AP"),
                                      mean_cell("accuracy rare") + " / " + mean_cell("accuracy rest"),
-                                     *(mean_cell(label) for label in labels), mean_cell("worst")]) + " |")
+                                     *(mean_cell(label) for label in labels), mean_cell("top mode") + " / " + mean_cell("any mode"),
+                                     mean_cell("worst")]) + " |")
     return "\n".join(lines)
 
 
@@ -235,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"baseline test accuracy per member: {accuracy}")
         print(f"baseline test accuracy on the rare member / the rest of its class: {rare_vs_rest}")
         print(f"SVM AP of the rare member on test: {ap} (bar >= {BARS['rare_member_ap']})")
+        modes = json.loads((work / "metrics/modes.json").read_text())["per_class"]
+        mode_ap = {name: modes.get(name, {}).get("best_subpop_ap") for name in meta["classes"]}
+        clusterings = sorted({m.get("clustering", "?") for m in modes.values()})
+        print(f"best failure mode's AP of the rare member on test ({'/'.join(clusterings)} clustering): {mode_ap}")
         results = {}
         for label, setting in SETTINGS.items():
             if setting is not first:
@@ -247,16 +262,25 @@ def main(argv: list[str] | None = None) -> int:
             # diagnostic: do they name the member the baseline actually fails on most (lowest test accuracy)?
             worst = {name: min(accuracy[name], key=accuracy[name].get) for name in top3}
             worst_hits = sum(any(names_attribute(c, worst[name])[0] for c, _ in rows) for name, rows in top3.items())
+            # the captions of each class's largest failure mode: what steers the arms under modes.drive top_mode
+            by_mode = captions.get("modes_planted_in_top3_hard", {})
+            top_mode, any_mode = by_mode.get("top_mode", {}), by_mode.get("any_mode", {})
             results[label] = {"rare_member_in_top3_hard": hits["fraction"], "per_class": hits["per_class"],
+                              "top_mode_rare_member_in_top3_hard": top_mode.get("fraction"),
+                              "top_mode_per_class": top_mode.get("per_class"),
+                              "any_mode_rare_member_in_top3_hard": any_mode.get("fraction"),
                               "worst_member_in_top3_hard": worst_hits / len(top3), "worst_member": worst,
                               "top3_hard": top3, "bank_size": captions.get("bank_size")}
             print(f"\n[{label}] rare member named in the top-3 hard captions of "
-                  f"{hits['fraction']:.0%} of superclasses (bar >= {BARS['rare_member_in_top3_hard']:.0%})")
+                  f"{hits['fraction']:.0%} of superclasses (bar >= {BARS['rare_member_in_top3_hard']:.0%})"
+                  + ("" if top_mode.get("fraction") is None else
+                     f"; in those of the top failure mode: {top_mode['fraction']:.0%}, of any mode: "
+                     f"{any_mode['fraction']:.0%}"))
             print(f"  (diagnostic) the member with the lowest baseline test accuracy {worst} is named for "
                   f"{worst_hits} of {len(top3)}")
             for name, rows in top3.items():
                 print(f"  {name} (rare: {rare[name]}): " + " | ".join(f"{c} [{s}]" for c, s in rows))
-        report = {"bars": BARS, "rare_members": rare, "svm_rare_member_ap": ap,
+        report = {"bars": BARS, "rare_members": rare, "svm_rare_member_ap": ap, "mode_rare_member_ap": mode_ap,
                   "baseline_test_accuracy_per_member": accuracy, "baseline_test_accuracy_rare_vs_rest": rare_vs_rest,
                   "settings": results, "seconds": seconds, "overrides": OVERRIDES}
         print(json.dumps(report, indent=1))
