@@ -172,13 +172,12 @@ def summarize(dirs: list[Path]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rep in reports:
         acc, ap, rare = rep["baseline_test_accuracy_rare_vs_rest"], rep["svm_rare_member_ap"], rep["rare_members"]
-        fitted = [v for v in ap.values() if v is not None]
         mean_rare = sum(a["rare"] for a in acc.values()) / len(acc)
         mean_rest = sum(a["rest"] for a in acc.values()) / len(acc)
         row = [str(rep["overrides"]["seed"]), ", ".join(rare[c] for c in ap),
                ", ".join(f"{acc[c]['rare']:.2f} / {acc[c]['rest']:.2f}" for c in ap),
                ", ".join("—" if ap[c] is None else f"{ap[c]:.2f}" for c in ap),
-               cell("mean SVM AP", sum(fitted) / len(fitted) if fitted else None),
+               cell("mean SVM AP", mean_of(ap.values())),
                cell("mean best-mode AP", mean_of(rep.get("mode_rare_member_ap", {}).values())),
                cell("accuracy rare", mean_rare) + " / " + cell("accuracy rest", mean_rest),
                *(hits(rep, label) for label in labels),

@@ -239,7 +239,10 @@ def queue_and_run(study: str, seeds: Sequence[int], overrides: Sequence[str] = (
             return sorted(n for n, s in rows.items() if s == "Failed")
         # a worker exits as its last experiment ends, up to a minute before that experiment's status says so
         # (measured: 42 s of collecting its outputs): give up only after a longer spell with no worker
-        idle_since = (idle_since or time.time()) if waiting and no_worker(status) else None
+        if not (waiting and no_worker(status)):
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.time()
         if idle_since is not None and time.time() - idle_since > max(WORKER_GONE_SECONDS, 3 * poll_seconds):
             raise RuntimeError(f"no DVC queue worker runs, {waiting} still queued or unfinished: see "
                                f".dvc/tmp/exps/celery/dvc-exp-worker-*.out, then `dvc queue start`")
