@@ -115,11 +115,11 @@ def test_a_queue_whose_worker_never_started_is_reported_not_waited_on(monkeypatc
 
 
 def test_the_last_experiment_finishing_after_its_worker_exits_is_waited_on(monkeypatch):
-    """The worker shuts down as its last experiment ends; the status says Running for up to a minute more."""
+    """DVC's status shows no worker while the last experiment still runs (21 min measured): keep waiting."""
     from failmap import study
     running = "Task     Name     Created    Status\n722ad61  s-seed0  01:24 PM   Running\n\nWorker status: 0 active, 0 idle"
-    # 3 calls queue the experiment, then 5 polls (75 s) find it Running with no worker
-    statuses = iter([running] * (3 + 5) + [running.replace("Running", "Success")])
+    # 3 calls queue the experiment, then 100 polls (25 min) find it Running with no worker
+    statuses = iter([running] * (3 + 100) + [running.replace("Running", "Success")])
     monkeypatch.setattr(study, "run_dvc", lambda *a, **k: type("P", (), {"stdout": next(statuses, "")})())
     clock = iter(range(0, 10_000, 15))
     monkeypatch.setattr(study.time, "time", lambda: next(clock))

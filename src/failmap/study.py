@@ -192,7 +192,7 @@ def table_markdown(table: Mapping[str, dict], digits: int = 3) -> str:
 
 
 # ------------------------------------------------------------------ running
-# how long a study waits on experiments marked Queued or Running while no queue worker runs
+# how long a study waits on Queued experiments (none Running) while no queue worker runs
 WORKER_GONE_SECONDS = 180.0
 
 
@@ -237,14 +237,16 @@ def queue_and_run(study: str, seeds: Sequence[int], overrides: Sequence[str] = (
         print(f"[{time.time() - start:6.0f} s] " + ", ".join(f"{n}: {s}" for n, s in sorted(rows.items())), flush=True)
         if rows and not waiting:
             return sorted(n for n, s in rows.items() if s == "Failed")
-        # a worker exits as its last experiment ends, up to a minute before that experiment's status says so
-        # (measured: 42 s of collecting its outputs): give up only after a longer spell with no worker
-        if not (waiting and no_worker(status)):
+        # `dvc queue status` reports no worker while the last experiment still runs (measured: 21 min of
+        # "0 active" before a Running experiment ended in Success): only Queued experiments with none Running
+        # and no worker are stuck, and then only after the grace a starting worker needs
+        queued = [n for n, s in rows.items() if s == "Queued"]
+        if not (queued and len(queued) == len(waiting) and no_worker(status)):
             idle_since = None
         elif idle_since is None:
             idle_since = time.time()
         if idle_since is not None and time.time() - idle_since > max(WORKER_GONE_SECONDS, 3 * poll_seconds):
-            raise RuntimeError(f"no DVC queue worker runs, {waiting} still queued or unfinished: see "
+            raise RuntimeError(f"no DVC queue worker runs, {queued} still queued: see "
                                f".dvc/tmp/exps/celery/dvc-exp-worker-*.out, then `dvc queue start`")
         time.sleep(poll_seconds)
 
