@@ -127,6 +127,32 @@ def test_the_last_experiment_finishing_after_its_worker_exits_is_waited_on(monke
     assert study.queue_and_run("s", [0], poll_seconds=15) == []
 
 
+def test_workers_share_the_cores_unless_the_caller_pinned_threads(monkeypatch):
+    from failmap import study
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert study.worker_env(2, 2) == {"OMP_NUM_THREADS": "1"}
+    assert study.worker_env(2, 16) == {"OMP_NUM_THREADS": "8"}
+    assert study.worker_env(4, 2) == {"OMP_NUM_THREADS": "1"}
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert study.worker_env(2, 2) == {}
+
+
+def test_the_queue_starts_one_worker_per_core_each_with_its_share_of_threads(monkeypatch):
+    from failmap import study
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(study, "available_cores", lambda: 2)
+    done = "Task     Name     Created    Status\n1  s-seed0  01:24 PM   Success\n2  s-seed1  01:24 PM   Success\n"
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append((args, kwargs))
+        return type("P", (), {"stdout": done})()
+    monkeypatch.setattr(study, "run_dvc", fake)
+    assert study.queue_and_run("s", [0, 1], poll_seconds=0) == []
+    start = [(a, k) for a, k in calls if a[:2] == ("queue", "start")]
+    assert start == [(("queue", "start", "-j", "2"), {"env": {"OMP_NUM_THREADS": "1"}})]
+
+
 def test_a_written_study_is_logged_to_mlflow_with_its_table_and_plot(tmp_path, monkeypatch):
     from failmap import study, tracking
     monkeypatch.setenv(tracking.TRACKING_ENV, "1")

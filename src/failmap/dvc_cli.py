@@ -22,16 +22,17 @@ def scripts_first_env(**extra: str) -> dict[str, str]:
 
 
 def run_dvc(*args: str, check: bool = True, retry_if: str | None = None, attempts: int = 1,
-            wait_seconds: float = 5.0) -> subprocess.CompletedProcess:
+            wait_seconds: float = 5.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``dvc *args`` with captured text output. Output goes through files, not
     pipes: a worker that ``dvc queue start`` leaves running inherits them, and a
     pipe would keep this call waiting until the whole queue is done. A failure
     whose stderr contains ``retry_if`` is retried up to ``attempts`` times in
-    all; with ``check`` a final failure raises, naming the command."""
+    all; with ``check`` a final failure raises, naming the command. ``env``
+    adds variables to the child's environment (and so to any worker it starts)."""
     for attempt in range(attempts):
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             proc = subprocess.run([sys.executable, "-m", "dvc", *args], stdout=out, stderr=err, text=True,
-                                  env=scripts_first_env())
+                                  env=scripts_first_env(**(env or {})))
             out.seek(0), err.seek(0)
             proc.stdout, proc.stderr = out.read(), err.read()
         if proc.returncode == 0 or retry_if is None or retry_if not in proc.stderr or attempt == attempts - 1:

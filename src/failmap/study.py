@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -217,18 +218,34 @@ def queue_states(status: str, names: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def queue_and_run(study: str, seeds: Sequence[int], overrides: Sequence[str] = (), jobs: int = 1,
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def worker_env(jobs: int, cores: int) -> dict[str, str]:
+    """Threads per queue worker: the cores shared among ``jobs`` workers, unless
+    the caller pinned ``OMP_NUM_THREADS``. Workers that each take every core
+    oversubscribe the machine."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, cores // max(1, jobs)))}
+
+
+def queue_and_run(study: str, seeds: Sequence[int], overrides: Sequence[str] = (), jobs: int | None = None,
                   poll_seconds: float = 15.0) -> list[str]:
     """Queue one experiment per seed (``-S seed=N`` plus ``overrides``), run the
-    queue with ``jobs`` workers and wait for it. Experiments of an earlier
-    study of the same name are removed first. Returns the names that failed."""
+    queue with ``jobs`` workers (default: one per core, one thread each) and
+    wait for it. Experiments of an earlier study of the same name are removed
+    first. Returns the names that failed."""
+    cores = available_cores()
+    jobs = jobs or min(cores, len(seeds))
     names = [run_name(study, s) for s in seeds]
     run_dvc("exp", "remove", *names, check=False)
     for seed, name in zip(seeds, names):
         sets = [arg for kv in (f"seed={seed}", *overrides) for arg in ("-S", kv)]
         run_dvc("exp", "run", "--queue", "-n", name, *sets)
         print(f"queued {name}", flush=True)
-    run_dvc("queue", "start", "-j", str(jobs))
+    run_dvc("queue", "start", "-j", str(jobs), env=worker_env(jobs, cores))
     start, idle_since = time.time(), None
     while True:
         status = run_dvc("queue", "status").stdout
@@ -305,7 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("-S", "--set-param", dest="overrides", action="append", default=[],
                         help="a params override for every experiment (as dvc exp run -S)")
-    parser.add_argument("--jobs", type=int, default=1, help="queue workers (1 on a 2-core machine)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="queue workers, each with cores/jobs threads (default: one per core)")
     parser.add_argument("--aggregate-only", action="store_true", help="read finished experiments, run nothing")
     args = parser.parse_args(argv)
     if len(set(args.seeds)) < 2:
