@@ -180,3 +180,23 @@ def test_a_study_re_run_on_a_later_commit_gives_its_newer_experiments():
                  "experiments": [{"name": "s-seed0", "revs": revs}]} for i, revs in enumerate(commits)]
         found = experiments(show, "s-seed")
         assert metrics_of(found["s-seed0"])["metrics/baseline.json"]["test"]["subpop"]["mean_gap"] == 0.2
+
+
+def test_paired_differences_match_seeds_by_name_and_skip_missing_ones(tmp_path):
+    from failmap import study
+    before = {"gain": {"values": {"a-seed0": 0.10, "a-seed1": 0.20, "a-seed2": 0.30}},
+              "only before": {"values": {"a-seed0": 1.0}}}
+    after = {"gain": {"values": {"b-seed1": 0.25, "b-seed0": 0.20, "b-seed2": None, "b-seed3": 0.9}}}
+    table = study.paired(before, after)
+    assert list(table) == ["gain"]
+    row = table["gain"]
+    assert row["values"] == pytest.approx({"seed0": 0.10, "seed1": 0.05}) and row["n"] == 2
+    assert row["mean"] == pytest.approx(0.075)
+    # the paired interval is the interval of the differences, not of either study
+    assert (row["low"], row["high"]) == pytest.approx((interval([0.10, 0.05])["low"], interval([0.10, 0.05])["high"]))
+    for name, figures in (("a", before), ("b", after)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"figures": figures}))
+    table2, path = study.compare("a", "b", metrics_dir=str(tmp_path))
+    assert path.name == "b_minus_a.json" and json.loads(path.read_text())["figures"]["gain"]["n"] == 2
+    with pytest.raises(FileNotFoundError, match="no written study 'c'"):
+        study.compare("a", "c", metrics_dir=str(tmp_path))

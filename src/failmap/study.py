@@ -182,6 +182,43 @@ def aggregate(runs: Mapping[str, dict[str, dict]], figures: Iterable[Figure] = F
     return table
 
 
+def seed_in(run: str) -> int:
+    """The seed of a study run's name (``run_name``)."""
+    return int(run.rsplit("-seed", 1)[1])
+
+
+def paired(before: Mapping[str, dict], after: Mapping[str, dict]) -> dict:
+    """{figure: mean, std, 95 % interval and per-seed values of after minus
+    before} over the seeds both tables (``aggregate``'s) have a value for.
+    Two studies on the same seeds share each seed's world and draws; their
+    per-seed differences resolve what the two intervals side by side cannot."""
+    table = {}
+    for name, row in after.items():
+        if name not in before:
+            continue
+        old = {seed_in(r): v for r, v in before[name]["values"].items() if v is not None and not math.isnan(v)}
+        new = {seed_in(r): v for r, v in row["values"].items() if v is not None and not math.isnan(v)}
+        diffs = {seed: new[seed] - old[seed] for seed in sorted(old.keys() & new.keys())}
+        table[name] = dict(interval(list(diffs.values())), values={f"seed{s}": d for s, d in diffs.items()})
+    return table
+
+
+def compare(before: str, after: str, metrics_dir: str = STUDY_METRICS) -> tuple[dict, Path]:
+    """``paired`` of two written studies, written as ``<after>_minus_<before>.json``."""
+    from failmap.io import write_json
+
+    tables = {}
+    for study in (before, after):
+        path = Path(metrics_dir) / f"{study}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no written study {study!r} (run it first, or --aggregate-only)")
+        tables[study] = json.loads(path.read_text())["figures"]
+    table = paired(tables[before], tables[after])
+    out = Path(metrics_dir) / f"{after}_minus_{before}.json"
+    write_json(out, dict(before=before, after=after, figures=table))
+    return table, out
+
+
 def table_markdown(table: Mapping[str, dict], digits: int = 3) -> str:
     def f(v):
         return "-" if v is None else f"{v:.{digits}f}"
@@ -318,7 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="Run the pipeline over several seeds as DVC experiments and "
                                                  "aggregate them (mean, std, 95 % interval)")
-    parser.add_argument("--name", required=True, help="study name: experiments are <name>-seed<N>")
+    parser.add_argument("--name", help="study name: experiments are <name>-seed<N>")
+    parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
+                        help="per-seed differences AFTER minus BEFORE of two written studies; runs nothing")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("-S", "--set-param", dest="overrides", action="append", default=[],
                         help="a params override for every experiment (as dvc exp run -S)")
@@ -326,6 +365,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="queue workers, each with cores/jobs threads (default: one per core)")
     parser.add_argument("--aggregate-only", action="store_true", help="read finished experiments, run nothing")
     args = parser.parse_args(argv)
+    if args.compare:
+        table, path = compare(*args.compare)
+        print(f"{path}: {args.compare[1]} minus {args.compare[0]}, paired by seed\n{table_markdown(table)}")
+        return 0
+    if not args.name:
+        parser.error("--name is required (or --compare BEFORE AFTER)")
     if len(set(args.seeds)) < 2:
         parser.error("a study needs at least two distinct seeds")
     failed = [] if args.aggregate_only else queue_and_run(args.name, args.seeds, args.overrides, args.jobs)

@@ -1,0 +1,103 @@
+"""Probe a world setting's planted failure before spending a study on it (issue 14).
+
+The study's first bar is about the world, not the method: every class must
+fail on its planted subpopulation (test gap >= 20 points) and give the SVM
+at least ``svm.min_errors`` wrong val predictions. This renders the train,
+val and test splits of params.yaml's world with ``-S world.key=value``
+overrides, trains the baseline with params.yaml's ``baseline`` settings, and
+prints per seed and class the test gap (rest minus planted accuracy) and the
+number of wrong val predictions, then the smallest gap over classes (mean and
+95 % interval over seeds) and one JSON line. It runs no DVC stage and no
+foundation model: a few minutes per seed on one core.
+
+    OMP_NUM_THREADS=1 python benchmarks/probe_world_gap.py --seeds 0 1 2 3 4 \
+        -S world.planted_attribute=colour -S world.train_rate=0.005
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from failmap.data import subpop_mask  # noqa: E402
+from failmap.evaluation import accuracy_report  # noqa: E402
+from failmap.models import build_classifier  # noqa: E402
+from failmap.params import load_params, params_from_dict, as_dict  # noqa: E402
+from failmap.study import interval  # noqa: E402
+from failmap.train import fit, predictions  # noqa: E402
+from failmap.world import generate_world  # noqa: E402
+
+
+def with_overrides(params_file: str, overrides: list[str]):
+    raw = as_dict(load_params(params_file))
+    for kv in overrides:
+        key, _, value = kv.partition("=")
+        node, *path = key.split(".")
+        target = raw[node]
+        for part in path[:-1]:
+            target = target[part]
+        target[path[-1]] = yaml.safe_load(value)
+    return params_from_dict(raw)
+
+
+def probe(p, seed: int) -> dict:
+    w, b = p.world, p.baseline
+    world = generate_world(classes=w.classes, colours=w.colours, contexts=w.contexts, n_train=w.n_train,
+                           n_val=w.n_val, n_test=w.n_test, n_pool=0, n_corpus=0,
+                           planted_attribute=w.planted_attribute, planted_values=w.planted_values,
+                           train_rate=w.train_rate, eval_rate=w.eval_rate, confuser_rate=w.confuser_rate,
+                           eval_confuser_rate=w.eval_confuser_rate, noise=w.noise, min_size=w.min_size,
+                           max_size=w.max_size, min_contrast=w.min_contrast, seed=seed)
+    truth = {row["id"]: row for row in world.ground_truth}
+    train = world.splits["train"]
+    model = build_classifier(b.arch, len(w.classes), b.width, seed=seed)
+    fit(model, train.images, train.labels, epochs=b.epochs, batch_size=b.batch_size, lr=b.lr,
+        momentum=b.momentum, weight_decay=b.weight_decay, augment_data=b.augment, seed=seed, device="cpu",
+        desc=f"seed {seed}")
+    out = {}
+    for name in ("val", "test"):
+        split = world.splits[name]
+        preds = predictions(model, split.images, split.labels, "cpu")
+        out[name] = accuracy_report(preds["correct"], split.labels, list(w.classes), subpop_mask(truth, split.ids))
+        out[name]["errors"] = {c: int((~preds["correct"].astype(bool) & (split.labels == k)).sum())
+                               for k, c in enumerate(w.classes)}
+    gaps = {c: r.get("gap") for c, r in out["test"]["subpop"]["per_class"].items()}
+    return dict(seed=seed, planted={c: v["value"] for c, v in world.meta["planted"].items()},
+                test_accuracy=out["test"]["accuracy"], gap=gaps, val_errors=out["val"]["errors"],
+                min_gap=min(g for g in gaps.values() if g is not None),
+                min_val_errors=min(out["val"]["errors"].values()))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("-S", dest="overrides", action="append", default=[], help="world.key=value (YAML value)")
+    parser.add_argument("--out", help="also write the JSON here")
+    args = parser.parse_args(argv)
+    p = with_overrides(args.params, args.overrides)
+    rows = []
+    for seed in args.seeds:
+        r = probe(p, seed)
+        rows.append(r)
+        print(f"seed {seed}: test acc {r['test_accuracy']:.3f}, smallest gap {r['min_gap']:.2f}, fewest val errors "
+              f"{r['min_val_errors']}; " + ", ".join(f"{c} {g:.2f}/{r['val_errors'][c]} ({r['planted'][c]})"
+                                                    for c, g in r["gap"].items()), flush=True)
+    summary = {key: interval([r[key] for r in rows]) for key in ("min_gap", "min_val_errors", "test_accuracy")}
+    for key, row in summary.items():
+        print(f"{key}: mean {row['mean']:.3f} [{row['low']:.3f}, {row['high']:.3f}] over {len(rows)} seeds")
+    result = dict(overrides=args.overrides, seeds=rows, summary=summary)
+    print(json.dumps(result))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
