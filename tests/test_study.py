@@ -151,6 +151,11 @@ def test_the_queue_starts_one_worker_per_core_each_with_its_share_of_threads(mon
     assert study.queue_and_run("s", [0, 1], poll_seconds=0) == []
     start = [(a, k) for a, k in calls if a[:2] == ("queue", "start")]
     assert start == [(("queue", "start", "-j", "2"), {"env": {"OMP_NUM_THREADS": "1"}})]
+    queued = [a for a, _ in calls if a[:2] == ("exp", "run")]
+    assert len(queued) == 2 and not any("--force" in a for a in queued)
+    calls.clear()
+    study.queue_and_run("s", [0, 1], poll_seconds=0, force=True)  # a cold study: no stage from the run-cache
+    assert all("--force" in a for a, _ in calls if a[:2] == ("exp", "run"))
 
 
 def test_a_written_study_is_logged_to_mlflow_with_its_table_and_plot(tmp_path, monkeypatch):

@@ -269,18 +269,21 @@ def worker_env(jobs: int, cores: int) -> dict[str, str]:
 
 
 def queue_and_run(study: str, seeds: Sequence[int], overrides: Sequence[str] = (), jobs: int | None = None,
-                  poll_seconds: float = 15.0) -> list[str]:
+                  poll_seconds: float = 15.0, force: bool = False) -> list[str]:
     """Queue one experiment per seed (``-S seed=N`` plus ``overrides``), run the
     queue with ``jobs`` workers (default: one per core, one thread each) and
     wait for it. Experiments of an earlier study of the same name are removed
-    first. Returns the names that failed."""
+    first. ``force`` runs every stage (``dvc exp run --force``): without it DVC
+    restores a stage whose command, deps and params it has run before from its
+    run-cache, so a study repeating upstream settings only recomputes what
+    changed. Returns the names that failed."""
     cores = available_cores()
     jobs = jobs or min(cores, len(seeds))
     names = [run_name(study, s) for s in seeds]
     run_dvc("exp", "remove", *names, check=False)
     for seed, name in zip(seeds, names):
         sets = [arg for kv in (f"seed={seed}", *overrides) for arg in ("-S", kv)]
-        run_dvc("exp", "run", "--queue", "-n", name, *sets)
+        run_dvc("exp", "run", "--queue", *(["--force"] if force else []), "-n", name, *sets)
         print(f"queued {name}", flush=True)
     run_dvc("queue", "start", "-j", str(jobs), env=worker_env(jobs, cores))
     start, idle_since = time.time(), None
@@ -363,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a params override for every experiment (as dvc exp run -S)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="queue workers, each with cores/jobs threads (default: one per core)")
+    parser.add_argument("--force", action="store_true",
+                        help="run every stage, none restored from DVC's run-cache (a cold study: a speed figure)")
     parser.add_argument("--aggregate-only", action="store_true", help="read finished experiments, run nothing")
     args = parser.parse_args(argv)
     if args.compare:
@@ -373,7 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--name is required (or --compare BEFORE AFTER)")
     if len(set(args.seeds)) < 2:
         parser.error("a study needs at least two distinct seeds")
-    failed = [] if args.aggregate_only else queue_and_run(args.name, args.seeds, args.overrides, args.jobs)
+    failed = [] if args.aggregate_only else queue_and_run(args.name, args.seeds, args.overrides, args.jobs,
+                                                          force=args.force)
     runs = collect(args.name)
     if not runs:
         print(f"no finished experiment named {args.name}-seed*: nothing to aggregate", file=sys.stderr)
