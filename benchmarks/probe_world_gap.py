@@ -35,15 +35,18 @@ from failmap.world import generate_world  # noqa: E402
 
 
 def with_overrides(params_file: str, overrides: list[str]):
+    """params_file's params with ``section.key=value`` overrides (YAML values), validated as the pipeline's."""
     raw = as_dict(load_params(params_file))
     for kv in overrides:
-        key, _, value = kv.partition("=")
-        node, *path = key.split(".")
-        target = raw[node]
-        for part in path[:-1]:
-            target = target[part]
-        target[path[-1]] = yaml.safe_load(value)
-    return params_from_dict(raw)
+        key, eq, value = kv.partition("=")
+        *path, last = key.split(".")
+        target = raw
+        for part in path:
+            target = target.get(part) if isinstance(target, dict) else None
+        if not eq or not path or not isinstance(target, dict):
+            raise SystemExit(f"-S {kv!r}: expected section.key=value with a section of {params_file}")
+        target[last] = yaml.safe_load(value)
+    return params_from_dict(raw)  # an unknown key or a bad value is refused here, naming it
 
 
 def probe(p, seed: int) -> dict:
