@@ -288,7 +288,9 @@ def queue_and_run(study: str, seeds: Sequence[int], overrides: Sequence[str] = (
     run_dvc("queue", "start", "-j", str(jobs), env=worker_env(jobs, cores))
     start, idle_since = time.time(), None
     while True:
-        status = run_dvc("queue", "status").stdout
+        # a worker rewriting its info file while `queue status` reads it fails the read ("unexpected error -
+        # Expecting value", measured on a study with two workers): read again
+        status = run_dvc("queue", "status", retry_if="unexpected error", attempts=5).stdout
         rows = queue_states(status, names)
         waiting = [n for n, s in rows.items() if s in ("Queued", "Running")]
         print(f"[{time.time() - start:6.0f} s] " + ", ".join(f"{n}: {s}" for n, s in sorted(rows.items())), flush=True)
