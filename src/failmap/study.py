@@ -271,8 +271,8 @@ def worker_env(jobs: int, cores: int) -> dict[str, str]:
 def queue_and_run(study: str, seeds: Sequence[int], overrides: Sequence[str] = (), jobs: int | None = None,
                   poll_seconds: float = 15.0, force: bool = False) -> list[str]:
     """Queue one experiment per seed (``-S seed=N`` plus ``overrides``), run the
-    queue with ``jobs`` workers (default: one per core, one thread each) and
-    wait for it. Experiments of an earlier study of the same name are removed
+    queue with ``jobs`` workers (default: one per core, at most one per seed;
+    threads by ``worker_env``) and wait for it. Experiments of an earlier study of the same name are removed
     first. ``force`` runs every stage (``dvc exp run --force``): without it DVC
     restores a stage whose command, deps and params it has run before from its
     run-cache, so a study repeating upstream settings only recomputes what
