@@ -137,7 +137,7 @@ def test_workers_share_the_cores_unless_the_caller_pinned_threads(monkeypatch):
     assert study.worker_env(2, 2) == {}
 
 
-def test_the_queue_starts_one_worker_per_core_each_with_its_share_of_threads(monkeypatch):
+def test_the_queue_workers_share_the_cores_one_worker_by_default(monkeypatch):
     from failmap import study
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(study, "available_cores", lambda: 2)
@@ -149,6 +149,10 @@ def test_the_queue_starts_one_worker_per_core_each_with_its_share_of_threads(mon
         return type("P", (), {"stdout": done})()
     monkeypatch.setattr(study, "run_dvc", fake)
     assert study.queue_and_run("s", [0, 1], poll_seconds=0) == []
+    start = [(a, k) for a, k in calls if a[:2] == ("queue", "start")]
+    assert start == [(("queue", "start", "-j", "1"), {"env": {"OMP_NUM_THREADS": "2"}})]  # one worker, every core
+    calls.clear()
+    study.queue_and_run("s", [0, 1], jobs=2, poll_seconds=0)
     start = [(a, k) for a, k in calls if a[:2] == ("queue", "start")]
     assert start == [(("queue", "start", "-j", "2"), {"env": {"OMP_NUM_THREADS": "1"}})]
     queued = [a for a, _ in calls if a[:2] == ("exp", "run")]

@@ -271,14 +271,17 @@ def worker_env(jobs: int, cores: int) -> dict[str, str]:
 def queue_and_run(study: str, seeds: Sequence[int], overrides: Sequence[str] = (), jobs: int | None = None,
                   poll_seconds: float = 15.0, force: bool = False) -> list[str]:
     """Queue one experiment per seed (``-S seed=N`` plus ``overrides``), run the
-    queue with ``jobs`` workers (default: one per core, at most one per seed;
-    threads by ``worker_env``) and wait for it. Experiments of an earlier study of the same name are removed
+    queue with ``jobs`` workers (threads shared by ``worker_env``) and wait for
+    it. One worker by default: two one-thread workers on two cores ran a seed's
+    generate in ~1,100 s and train_baseline in ~315 s, one two-thread worker in
+    300-610 s and 136-170 s, so parallel workers lose there (README
+    "Multi-seed studies"); ``jobs`` is for machines with cores to spare. Experiments of an earlier study of the same name are removed
     first. ``force`` runs every stage (``dvc exp run --force``): without it DVC
     restores a stage whose command, deps and params it has run before from its
     run-cache, so a study repeating upstream settings only recomputes what
     changed. Returns the names that failed."""
     cores = available_cores()
-    jobs = jobs or min(cores, len(seeds))
+    jobs = jobs or 1
     names = [run_name(study, s) for s in seeds]
     run_dvc("exp", "remove", *names, check=False)
     for seed, name in zip(seeds, names):
@@ -367,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-S", "--set-param", dest="overrides", action="append", default=[],
                         help="a params override for every experiment (as dvc exp run -S)")
     parser.add_argument("--jobs", type=int, default=None,
-                        help="queue workers, each with cores/jobs threads (default: one per core)")
+                        help="queue workers, each with cores/jobs threads (default 1: on 2 cores two one-thread "
+                             "workers were slower than one with two threads)")
     parser.add_argument("--force", action="store_true",
                         help="run every stage, none restored from DVC's run-cache (a cold study: a speed figure)")
     parser.add_argument("--aggregate-only", action="store_true", help="read finished experiments, run nothing")
