@@ -26,6 +26,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from failmap.data import subpop_mask  # noqa: E402
+from failmap.device import resolve_mixed_precision  # noqa: E402
 from failmap.evaluation import accuracy_report  # noqa: E402
 from failmap.models import build_classifier  # noqa: E402
 from failmap.params import load_params, params_from_dict, as_dict  # noqa: E402
@@ -51,18 +52,13 @@ def with_overrides(params_file: str, overrides: list[str]):
 
 def probe(p, seed: int) -> dict:
     w, b = p.world, p.baseline
-    world = generate_world(classes=w.classes, colours=w.colours, contexts=w.contexts, n_train=w.n_train,
-                           n_val=w.n_val, n_test=w.n_test, n_pool=0, n_corpus=0,
-                           planted_attribute=w.planted_attribute, planted_values=w.planted_values,
-                           train_rate=w.train_rate, eval_rate=w.eval_rate, confuser_rate=w.confuser_rate,
-                           eval_confuser_rate=w.eval_confuser_rate, noise=w.noise, min_size=w.min_size,
-                           max_size=w.max_size, min_contrast=w.min_contrast, seed=seed)
+    world = generate_world(seed=seed, **dict(w.model_dump(), n_pool=0, n_corpus=0))
     truth = {row["id"]: row for row in world.ground_truth}
     train = world.splits["train"]
     model = build_classifier(b.arch, len(w.classes), b.width, seed=seed)
     fit(model, train.images, train.labels, epochs=b.epochs, batch_size=b.batch_size, lr=b.lr,
         momentum=b.momentum, weight_decay=b.weight_decay, augment_data=b.augment, seed=seed, device="cpu",
-        desc=f"seed {seed}")
+        desc=f"seed {seed}", mixed_precision=resolve_mixed_precision(b.mixed_precision, "cpu"))
     out = {}
     for name in ("val", "test"):
         split = world.splits[name]

@@ -2,7 +2,7 @@
 save it and its predictions on every split, write metrics/baseline.json."""
 from failmap.evaluation import accuracy_report
 from failmap.data import SPLITS, load_ground_truth, load_meta, load_split, subpop_mask
-from failmap.device import resolve_device
+from failmap.device import resolve_device, resolve_mixed_precision
 from failmap.io import write_json
 from failmap.models import build_classifier, save_classifier
 from failmap.predictions import save_predictions
@@ -20,7 +20,8 @@ def main():
         model = build_classifier(b.arch, len(classes), b.width, seed=p.seed)
         losses = fit(model, train.images, train.labels, epochs=b.epochs, batch_size=b.batch_size, lr=b.lr,
                      momentum=b.momentum, weight_decay=b.weight_decay, augment_data=b.augment,
-                     seed=p.seed, device=device, desc="train_baseline")
+                     seed=p.seed, device=device, desc="train_baseline",
+                     mixed_precision=resolve_mixed_precision(b.mixed_precision, device))
         metrics = {"final_train_loss": losses[-1]}
         for name in [s for s in SPLITS if s in meta["splits"]]:
             split = load_split(PREPARED, name)

@@ -3,7 +3,7 @@ import yaml
 from pathlib import Path
 import pytest
 
-from failmap.world import CONTEXT_PHRASE, choose_planted, generate_world
+from failmap.world import CONTEXT_PHRASE, choose_planted, colour_distance, generate_world
 
 SMALL = dict(classes=["circle", "square", "triangle", "star", "cross"],
              colours=["red", "orange", "yellow", "green", "blue"],
@@ -107,6 +107,41 @@ def test_planted_values_from_params_and_vocab(world):
 
 def test_choose_planted_distinct_while_values_last():
     assert len(set(choose_planted(list("abcde"), list("vwxyz"), seed=1))) == 5
+
+
+COLOURS = ["red", "orange", "yellow", "green", "blue", "purple", "white"]
+CLASSES = ["circle", "square", "triangle", "star", "cross", "heart"]
+
+
+def _closest_train_pair(planted):
+    return min(colour_distance(planted[k], planted[k - 1]) for k in range(len(planted)))
+
+
+def test_planted_colours_are_kept_apart_from_the_colour_their_class_carries_in_train():
+    plain = [choose_planted(CLASSES, COLOURS, seed=s) for s in range(10)]
+    assert min(_closest_train_pair(p) for p in plain) < 0.5  # the plain draw puts neighbouring hues together
+    for s, before in enumerate(plain):
+        kept = choose_planted(CLASSES, COLOURS, seed=s, distance=colour_distance, min_distance=0.5)
+        assert _closest_train_pair(kept) >= 0.5 and len(set(kept)) == len(kept)
+        if _closest_train_pair(before) >= 0.5:
+            assert kept == before  # a draw that already passes is the plain one
+
+
+def test_unreachable_distance_gives_the_farthest_draw_not_an_endless_loop():
+    kept = choose_planted(CLASSES, COLOURS, seed=0, distance=colour_distance, min_distance=5.0, tries=50)
+    assert len(kept) == len(CLASSES) and _closest_train_pair(kept) >= _closest_train_pair(
+        choose_planted(CLASSES, COLOURS, seed=0))
+
+
+def test_world_draws_distant_planted_colours_only_for_the_colour_attribute():
+    args = dict(SMALL, n_train=60, n_val=12, n_test=12, n_pool=0, n_corpus=0, classes=CLASSES,
+                colours=COLOURS, min_planted_distance=0.5)
+    by_colour = generate_world(seed=3, **dict(args, planted_attribute="colour"))
+    planted = [by_colour.meta["planted"][c]["value"] for c in CLASSES]
+    assert _closest_train_pair(planted) >= 0.5
+    by_context = generate_world(seed=3, **dict(args, planted_attribute="context"))
+    assert [by_context.meta["planted"][c]["value"] for c in CLASSES] == choose_planted(
+        CLASSES, SMALL["contexts"], seed=3)
 
 
 def test_unknown_vocabulary_is_refused():

@@ -108,6 +108,7 @@ class World(Section):
     min_size: Fraction
     max_size: Fraction
     min_contrast: _num(float, ge=0, le=2)
+    min_planted_distance: _num(float, ge=0, le=2)
     # superclass world (null: off): world.classes name groups of shapes, one member of each rare in train
     superclasses: Optional[_list(_list(Text))]
     rare_members: Optional[_list(Text)]
@@ -157,6 +158,7 @@ class Baseline(Section):
     momentum: Momentum
     weight_decay: NonNegative
     augment: bool
+    mixed_precision: MixedPrecision
     device: Device
 class ClipTrain(Section):
     embed_dim: Size

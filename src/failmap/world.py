@@ -37,6 +37,7 @@ written beside the images for scoring only; the method never reads it.
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -217,13 +218,46 @@ def random_caption(shape: str, colour: str, context: str, size_word: str, rng: n
                        None if drop[0] < 0.5 else size_word)
 
 
-def choose_planted(classes: list[str], values: list[str], seed: int) -> list[str]:
-    """One planted value per class drawn from the seed, distinct while values last."""
+def choose_planted(classes: list[str], values: list[str], seed: int, *,
+                   distance: Callable[[str, str], float] | None = None, min_distance: float = 0.0,
+                   tries: int = 1000) -> list[str]:
+    """One planted value per class drawn from the seed, distinct while values last.
+
+    With ``distance`` and ``min_distance`` > 0 the draw is repeated (same seed,
+    next draws of its stream) until every class's planted value is at least
+    ``min_distance`` from the value the class co-occurs with in train (the
+    previous class's planted value: the class is that class's confuser); if no
+    draw of ``tries`` gets there, the draw whose closest such pair is farthest.
+    The first draw is the plain one, so a draw that already passes is unchanged."""
     rng = np.random.default_rng([seed, 7])
-    order = list(rng.permutation(len(values)))
-    while len(order) < len(classes):
-        order += list(rng.permutation(len(values)))
-    return [values[i] for i in order[: len(classes)]]
+
+    def draw() -> list[str]:
+        order = list(rng.permutation(len(values)))
+        while len(order) < len(classes):
+            order += list(rng.permutation(len(values)))
+        return [values[i] for i in order[: len(classes)]]
+
+    def closest_pair(planted: list[str]) -> float:
+        pairs = [(planted[k], planted[k - 1]) for k in range(len(planted)) if planted[k] != planted[k - 1]]
+        return min((distance(a, b) for a, b in pairs), default=float("inf"))
+
+    best = draw()
+    if distance is None or min_distance <= 0 or len(classes) < 2:
+        return best
+    best_gap = closest_pair(best)
+    for _ in range(tries - 1):
+        if best_gap >= min_distance:
+            break
+        planted = draw()
+        gap = closest_pair(planted)
+        if gap > best_gap:
+            best, best_gap = planted, gap
+    return best
+
+
+def colour_distance(a: str, b: str) -> float:
+    """RGB distance (0..1 scale) between two colours of ``COLOUR_RGB``."""
+    return float(np.linalg.norm(np.subtract(COLOUR_RGB[a], COLOUR_RGB[b])))
 
 
 def _attribute_probs(n_values: int, planted: int, rate: float, confuser_value: int | None,
@@ -328,7 +362,8 @@ def sample_split(name: str, n: int, *, classes, colours, contexts, planted_attri
 def generate_world(*, classes, colours, contexts, n_train, n_val, n_test, n_pool, n_corpus,
                    planted_attribute, planted_values, train_rate, eval_rate, confuser_rate,
                    noise, min_size, max_size, seed, min_contrast: float = MIN_CONTRAST,
-                   eval_confuser_rate: float | None = None, superclasses=None, rare_members=None) -> Prepared:
+                   eval_confuser_rate: float | None = None, superclasses=None, rare_members=None,
+                   min_planted_distance: float = 0.0) -> Prepared:
     """The whole world: train/val/test/pool/corpus splits, meta and ground truth.
     ``superclasses`` (one list of member shapes per class) makes it the
     superclass world (module docstring); ``rare_members`` null draws them."""
@@ -352,7 +387,11 @@ def generate_world(*, classes, colours, contexts, n_train, n_val, n_test, n_pool
     if superclasses is not None:  # the planted attribute is uniform; each class still needs a value to index
         planted = [values[0]] * len(classes)
     else:
-        planted = list(planted_values) if planted_values else choose_planted(list(classes), values, seed)
+        # a drawn planted colour is told apart from the one its class carries in train (min_planted_distance);
+        # contexts differ by texture as well as colour, so they are drawn freely
+        planted = list(planted_values) if planted_values else choose_planted(
+            list(classes), values, seed, distance=colour_distance if planted_attribute == "colour" else None,
+            min_distance=min_planted_distance)
     common = dict(classes=list(classes), colours=list(colours), contexts=list(contexts),
                   planted_attribute=planted_attribute, planted=planted, train_rate=train_rate,
                   eval_rate=eval_rate, confuser_rate=confuser_rate, noise=noise,
