@@ -16,7 +16,11 @@ class ``k`` in context ``v_k``. ``eval_confuser_rate`` carries that
 co-occurrence into val, test and pool (as in CelebA, where test follows the
 training distribution), so that what the classifier gets wrong there is the
 planted subpopulation, not every image whose context breaks the train
-correlation; null draws the confuser's value there like any other. No object is drawn in a colour too close to
+correlation; null draws the confuser's value there like any other. In the
+colour world a drawn planted colour is kept ``min_planted_distance`` (RGB)
+away from the colour its class wears in train (the previous class's planted
+one): a class whose planted orange sits next to its own red does not fail
+(``benchmarks/world_probe.md``). No object is drawn in a colour too close to
 its background's (``min_contrast``), so that the errors the world causes are
 the planted ones, not invisible objects. The corpus (what the world's own CLIP and
 decoder pre-train on) is unbiased: every attribute uniform and independent.
