@@ -246,7 +246,7 @@ def choose_planted(classes: list[str], values: list[str], seed: int, *,
         return min((distance(a, b) for a, b in pairs), default=float("inf"))
 
     best = draw()
-    if distance is None or min_distance <= 0 or len(classes) < 2:
+    if distance is None or min_distance <= 0:
         return best
     best_gap = closest_pair(best)
     for _ in range(tries - 1):
