@@ -4,6 +4,7 @@ confidence, random and Domino, on the same embeddings and predictions.
     python benchmarks/bench_modes.py build two_cause /tmp/modes-two_cause   # pipeline copy, dvc repro fit_svms
     python benchmarks/bench_modes.py build digits /tmp/modes-digits
     python benchmarks/bench_modes.py build superclass /tmp/modes-superclass [--seed 1]
+    python benchmarks/bench_modes.py build context /tmp/modes-context --seed 1   # the default world; or colour
     python benchmarks/bench_modes.py score default=data two_cause=/tmp/modes-two_cause/data \\
         digits=/tmp/modes-digits/data superclass=/tmp/modes-superclass/data \\
         [--domino /work/venv-domino/bin/python]
@@ -96,7 +97,9 @@ DIGITS = {
 }
 # the superclass world exactly as bench_superclass.py builds it (its first caption setting, which fit_svms ignores)
 SUPERCLASS = bench_superclass.with_caption(next(iter(bench_superclass.SETTINGS.values())))
-OVERRIDES = {"two_cause": TWO_CAUSE, "digits": DIGITS, "superclass": SUPERCLASS}
+# the default world (params.yaml as it is) and its colour twin: the worlds of the README's seed studies
+OVERRIDES = {"two_cause": TWO_CAUSE, "digits": DIGITS, "superclass": SUPERCLASS, "context": {},
+             "colour": {"world": {"planted_attribute": "colour"}}}
 
 
 # ---------------------------------------------------------------------- build
@@ -264,7 +267,8 @@ def score_dataset(name: str, data_dir: Path, params: dict, domino_python: str | 
         start = time.time()
         by_clustering[clustering] = fit_all_modes(
             X["val"], val["label"], val["correct"], pre, ds["classes"], modes_p["max_modes"],
-            modes_p["min_mode_errors"], modes_p["min_silhouette"], seed, svm_p["min_errors"], clustering)
+            modes_p["min_mode_errors"], modes_p["min_silhouette"], seed, svm_p["min_errors"], clustering,
+            max_clusters=modes_p.get("max_clusters"), min_top_share=modes_p.get("min_top_share", 0.0))
         timings[f"modes_{clustering}_s"] = time.time() - start
         modes_test[clustering] = mode_scores(by_clustering[clustering], X["test"], test["label"], modes_p["max_modes"])
     svm_test = decision_values(svms, X["test"], test["label"])

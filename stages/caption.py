@@ -101,6 +101,10 @@ def main():
             mode_hard = {n: [[t["caption"] for t in m["hard"]] for m in ms] for n, ms in mode_tops.items()}
             metrics["modes_planted_in_top3_hard"] = mode_planted_hits(mode_hard, planted, k=3)
             metrics["modes_planted_in_top1_hard"] = mode_planted_hits(mode_hard, planted, k=1)
+            # the captions the caption arm decodes (modes.drive): the SVM's, or the largest mode's (modes, top_mode)
+            metrics["drive_planted_in_top3_hard"] = {
+                "drive": p.modes.drive,
+                **(hits if p.modes.drive == "svm" else metrics["modes_planted_in_top3_hard"]["top_mode"])}
         write_hard_captions(f"{CAPTIONS_DIR}/{HARD_CAPTIONS_FILE}", tops, mode_tops)
         write_json(f"{METRICS}/captions.json", metrics)
         write_summary_markdown(f"{CAPTIONS_DIR}/summary.md", rows)

@@ -29,7 +29,8 @@ def main():
         save_svms(f"{SVM_DIR}/svms.npz", f"{SVM_DIR}/svms.json", pre, svms, classes)
         modes = fit_all_modes(X["val"], val["label"], val["correct"], pre, classes, p.modes.max_modes,
                               p.modes.min_mode_errors, p.modes.min_silhouette, p.seed, p.svm.min_errors,
-                              p.modes.cluster)
+                              p.modes.cluster, max_clusters=p.modes.max_clusters,
+                              min_top_share=p.modes.min_top_share)
         save_modes(f"{SVM_DIR}/modes.npz", f"{SVM_DIR}/modes.json", pre, modes, classes, p.modes.max_modes)
         decisions = {s: decision_values(svms, X[s], pred[s]["label"]) for s in ("test", "pool") if s in pred}
         # (N, modes.max_modes) per split: the score of each row under each mode of its class, NaN where none

@@ -132,6 +132,8 @@ def test_fit_all_and_scores_per_class(fitted):
     (dict(max_modes=0), "max_modes must be a positive integer"),
     (dict(min_mode_errors=0), "min_mode_errors must be a positive integer"),
     (dict(min_silhouette=1.5), "min_silhouette must lie in"),
+    (dict(max_clusters=1), r"max_clusters must be an integer >= max\(2, max_modes\) \(3\)"),
+    (dict(min_top_share=1.5), "min_top_share must lie in"),
 ])
 def test_bad_settings_named(kwargs, message):
     X = np.random.default_rng(5).normal(size=(50, DIM))
@@ -246,6 +248,68 @@ def test_image_clusters_fall_back_to_error_clusters_when_no_cluster_errs_more():
     assert len(by_images.modes) == 1 and by_images.modes[0].share == 1.0
     assert np.array_equal(by_images.modes[0].weight, by_errors.modes[0].weight)
     assert by_images.clustering == "errors"  # the fallback is recorded, not hidden
+
+
+def nuisance_split_class(n: int, seed: int):
+    """(X, correct, failing mask): a class whose images fall into three nuisance groups far apart (dims 3-5);
+    half of the first group is the failing sub-type (dim 0, a smaller shift), wrong 80 % of the time."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, DIM))
+    group = rng.choice(3, size=n, p=[0.4, 0.3, 0.3])
+    X[np.arange(n), 3 + group] += 12.0
+    failing = (group == 0) & (rng.random(n) < 0.5)
+    X[failing, 0] += 5.0
+    wrong = np.where(failing, rng.random(n) < 0.8, rng.random(n) < 0.02)
+    return X, (~wrong).astype(int), failing
+
+
+def test_image_clusters_choose_the_k_that_tells_the_errors():
+    """With k up to max_modes (3) k-means splits the nuisance groups and the failing sub-type's cluster is
+    the whole first group (measured AP 0.64); trying k up to max_clusters finds the clustering that isolates
+    it (k 4, AP 0.92)."""
+    pre = Preprocessor.fit(np.random.default_rng(97).normal(size=(2000, DIM)))
+    X_val, c_val, _ = nuisance_split_class(800, seed=3)
+    X_test, _, failing = nuisance_split_class(800, seed=4)
+
+    def best_ap(modes):
+        return max(average_precision_score(failing, m.score(X_test)) for m in modes.modes)
+
+    fixed = fit_class_modes(X_val, c_val, pre, seed=0, cluster="images", **MODES)
+    chosen = fit_class_modes(X_val, c_val, pre, seed=0, cluster="images", max_clusters=8, min_top_share=0.5, **MODES)
+    assert chosen.clustering == "images" and 3 < chosen.n_clusters <= 8 and chosen.error_information > 0
+    assert best_ap(chosen) > 0.85 > 0.7 > best_ap(fixed), (best_ap(chosen), best_ap(fixed))
+    # the mode that drives (the largest) holds most of the errors
+    assert chosen.modes[0].share >= 0.5
+
+
+def shared_attribute_class(n: int, seed: int):
+    """(X, correct, failing mask): a class whose images fall into three nuisance groups far apart (dims 3-5,
+    the contexts of a colour world); the failing value is a smaller shift (dim 0, a planted colour) of a fifth
+    of the images of every group, wrong 90 % of the time."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, DIM))
+    group = rng.choice(3, size=n)
+    X[np.arange(n), 3 + group] += 12.0
+    failing = rng.random(n) < 0.2
+    X[failing, 0] += 5.0
+    wrong = np.where(failing, rng.random(n) < 0.9, rng.random(n) < 0.02)
+    return X, (~wrong).astype(int), failing
+
+
+def test_image_clusters_fall_back_when_their_largest_mode_misses_most_errors():
+    """The failing value is spread over the nuisance groups: the image clusters that err most hold a third of
+    the errors each, so the class's errors are clustered instead, and they find the shared value."""
+    pre = Preprocessor.fit(np.random.default_rng(97).normal(size=(2000, DIM)))
+    X_val, c_val, _ = shared_attribute_class(900, seed=5)
+    X_test, _, failing = shared_attribute_class(900, seed=6)
+    kept = fit_class_modes(X_val, c_val, pre, seed=0, cluster="images", max_clusters=8, min_top_share=0.0, **MODES)
+    checked = fit_class_modes(X_val, c_val, pre, seed=0, cluster="images", max_clusters=8, min_top_share=0.5,
+                              **MODES)
+    assert kept.clustering == "images" and kept.modes[0].share < 0.5
+    assert checked.clustering == "errors" and checked.modes[0].share >= 0.5
+    top_ap = {name: average_precision_score(failing, m.modes[0].score(X_test))
+              for name, m in (("kept", kept), ("checked", checked))}
+    assert top_ap["checked"] > 0.9 > 0.6 > top_ap["kept"], top_ap
 
 
 def test_unknown_clustering_named():

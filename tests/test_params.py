@@ -257,6 +257,14 @@ def test_planted_shares_must_leave_a_distribution():
     assert over_default({"world": {"eval_rate": 0.5, "eval_confuser_rate": None}}).world.eval_rate == 0.5
 
 
+def test_a_superclass_world_has_no_confuser_shares_to_check():
+    """The superclass world draws no confuser (its planted attribute is uniform): the default confuser shares
+    beside its own eval_rate are not refused (benchmarks/bench_superclass.py's world, eval_rate 0.3)."""
+    world = {"classes": ["alpha", "beta"], "superclasses": [["circle", "star"], ["heart", "cross"]],
+             "eval_rate": 0.3}
+    assert over_default({"world": world}).world.eval_confuser_rate + 0.3 > 1
+
+
 def test_min_size_above_max_size():
     msg = error_of({"world": {"min_size": 0.9, "max_size": 0.5}})
     assert "world.min_size = 0.9" in msg and "world.max_size (0.5)" in msg
@@ -420,3 +428,8 @@ def test_choices_agree_with_the_libraries_that_act_on_them():
     assert set(typing.get_args(Arm)) == set(finetune.ARMS)
     assert set(_choices(Clip, "source")) == set(embedder.SOURCES)
     assert set(_choices(Decoder, "source")) == set(loader.SOURCES)
+
+
+def test_max_clusters_below_max_modes_is_refused():
+    msg = error_of({"modes": {"max_modes": 4, "max_clusters": 3}})
+    assert "modes.max_clusters = 3" in msg and ">= modes.max_modes (4)" in msg

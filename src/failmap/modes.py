@@ -31,15 +31,27 @@ gets right rank as easy. Here, per class, on its val images:
    0.982 for the mean difference and 0.928 for the discriminant.
 
 ``cluster: images`` finds modes the way a slicer over the whole class does
-(Domino's mixture, dcbench's slices): k-means with ``max_modes`` clusters on
-*all* of the class's preprocessed val images, right and wrong; a cluster whose
-error rate is above the class's and that holds at least ``min_mode_errors``
-errors is a mode, weighted by ``mean_cluster - center`` (its members' mean,
-right ones included, minus the correct images' mean). On the unit-norm
-preprocessed rows, ranking by that coordinate is ranking by closeness to the
-cluster's centroid, so a failing sub-type's members rank together whether
-the model gets them wrong or right. A class with no such cluster falls back
-to ``cluster: errors``. The silhouette gate does not apply: in CLIP's
+(Domino's mixture, dcbench's slices): k-means on *all* of the class's
+preprocessed val images, right and wrong, for k = ``max_modes`` ..
+``max_clusters``, keeping the k whose clusters tell its errors best (the
+adjusted mutual information between cluster and right/wrong; a class's
+images also split by nuisances, and a fixed k can cut the failing sub-type
+across clusters; fewer clusters than ``max_modes`` would merge sub-types
+that fail apart). A
+cluster whose error rate is above the class's and that holds at least
+``min_mode_errors`` errors is a mode (the ``max_modes`` holding most errors),
+weighted by ``mean_cluster - center`` (its members' mean, right ones
+included, minus the correct images' mean). On the unit-norm preprocessed
+rows, ranking by that coordinate is ranking by closeness to the cluster's
+centroid, so a failing sub-type's members rank together whether the model
+gets them wrong or right. Optionally (``min_top_share`` > 0) a class whose
+largest mode holds less than that share of its val errors falls back to
+``cluster: errors``: its clusters follow something other than the failure
+(on a colour world a class's images split by context, and the planted
+colour's errors can scatter over many small clusters), and the largest mode
+is the one that drives the arms by default (``modes.drive: top_mode``). Off
+by default: it also drops the smaller image modes that match a sub-type
+failing beside a larger failure (benchmarks/modes.md, "Choosing k"). The silhouette gate does not apply: in CLIP's
 dimensions a class's sub-types separate cleanly but score low silhouettes.
 
 A mode's *score* of an image is its coordinate along that direction from the
@@ -61,7 +73,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.covariance import LedoitWolf
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import silhouette_score
+from sklearn.metrics import adjusted_mutual_info_score, silhouette_score
 
 from failmap.io import write_json
 from failmap.ranking import average_precision, to_jsonable
@@ -120,16 +132,24 @@ class ClassModes:
     n_errors: int
     silhouette: float         # of the chosen clustering; NaN when one mode was kept without a split
     clustering: str = "errors"  # what produced the modes (CLUSTERINGS): "errors" also where images fell back
+    n_clusters: int = 0       # cluster images: the k chosen (0 otherwise)
+    error_information: float = float("nan")  # cluster images: its adjusted mutual information with right/wrong
 
 
 CLUSTERINGS = ("errors", "images")  # what k-means clusters: the class's val errors | all of its val images
 
 
-def _validate(max_modes, min_mode_errors, min_silhouette, cluster="errors") -> None:
+def _validate(max_modes, min_mode_errors, min_silhouette, cluster="errors", max_clusters=None,
+              min_top_share=0.0) -> None:
+    if not 0 <= min_top_share <= 1:
+        raise ValueError(f"min_top_share must lie in [0, 1] (a share of the class's errors), got {min_top_share!r}")
     if cluster not in CLUSTERINGS:
         raise ValueError(f"cluster must be one of {list(CLUSTERINGS)}, got {cluster!r}")
     if int(max_modes) != max_modes or max_modes < 1:
         raise ValueError(f"max_modes must be a positive integer, got {max_modes!r}")
+    if max_clusters is not None and (int(max_clusters) != max_clusters or max_clusters < max(2, max_modes)):
+        raise ValueError(f"max_clusters must be an integer >= max(2, max_modes) ({max(2, max_modes)}): the "
+                         f"clusterings tried have max_modes .. max_clusters clusters, got {max_clusters!r}")
     if int(min_mode_errors) != min_mode_errors or min_mode_errors < 1:
         raise ValueError(f"min_mode_errors must be a positive integer, got {min_mode_errors!r}")
     if not -1 <= min_silhouette <= 1:
@@ -163,33 +183,46 @@ def _cluster(D_unit: np.ndarray, max_modes: int, min_mode_errors: int, min_silho
     return best_labels, best_sil
 
 
-def _image_clusters(Z: np.ndarray, wrong: np.ndarray, max_modes: int, min_mode_errors: int,
-                    seed: int) -> tuple[list[np.ndarray], float]:
-    """(member masks of the clusters of all the class's images that are modes, the clustering's silhouette):
-    ``cluster: images`` of the module docstring; no masks when no cluster qualifies."""
-    k = min(max_modes, len(Z))
-    if k < 2:
-        return [], float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        labels = KMeans(n_clusters=k, n_init=KMEANS_RESTARTS, random_state=seed).fit_predict(Z)
-    if len(set(labels)) < 2:
-        return [], float("nan")
+def _image_clusters(Z: np.ndarray, wrong: np.ndarray, max_modes: int, min_mode_errors: int, max_clusters: int,
+                    min_top_share: float, seed: int) -> tuple[list[np.ndarray], float, int, float]:
+    """(member masks of the clusters of all the class's images that are modes, the clustering's silhouette,
+    its k, its adjusted mutual information with ``wrong``): ``cluster: images`` of the module docstring; no
+    masks when no cluster qualifies or the largest holds less than ``min_top_share`` of the errors."""
+    best = None  # (information, k, labels); ties keep the smaller k
+    for k in range(max(2, min(max_modes, len(Z))), min(max_clusters, len(Z)) + 1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            labels = KMeans(n_clusters=k, n_init=KMEANS_RESTARTS, random_state=seed).fit_predict(Z)
+        if len(set(labels)) < 2:
+            continue
+        information = float(adjusted_mutual_info_score(wrong, labels))
+        if best is None or information > best[0]:
+            best = (information, k, labels)
+    if best is None:
+        return [], float("nan"), 0, float("nan")
+    information, k, labels = best
     rate = wrong.mean()
     masks = [labels == j for j in range(k)]
     masks = [m for m in masks if wrong[m].sum() >= min_mode_errors and wrong[m].mean() > rate]
-    return masks, float(silhouette_score(Z, labels, metric="cosine"))
+    masks = sorted(masks, key=lambda m: -int(wrong[m].sum()))[:max_modes]  # stable: ties keep cluster order
+    if masks and wrong[masks[0]].sum() < min_top_share * wrong.sum():
+        masks = []
+    return masks, float(silhouette_score(Z, labels, metric="cosine")), k, information
 
 
 def fit_class_modes(X_val_raw, correct_val, preprocessor: Preprocessor, max_modes: int, min_mode_errors: int,
-                    min_silhouette: float, seed: int, min_errors: int = 1, cluster: str = "errors") -> ClassModes | Skip:
-    """One class's failure modes from its val images (see the module docstring).
+                    min_silhouette: float, seed: int, min_errors: int = 1, cluster: str = "errors", *,
+                    max_clusters: int | None = None, min_top_share: float = 0.0) -> ClassModes | Skip:
+    """One class's failure modes from its val images (see the module docstring);
+    ``cluster: images`` tries k = ``max_modes`` .. ``max_clusters`` (None:
+    ``max_modes`` alone) and needs its largest mode to hold ``min_top_share``
+    of the errors.
 
     A ``Skip`` (not an exception) when the class has fewer wrong predictions
     than ``min_errors`` or than ``min_mode_errors``, or fewer than two correct
     ones (no mean and covariance to measure the errors against).
     """
-    _validate(max_modes, min_mode_errors, min_silhouette, cluster)
+    _validate(max_modes, min_mode_errors, min_silhouette, cluster, max_clusters, min_top_share)
     X, correct = check_class_split(X_val_raw, correct_val, preprocessor, min_errors)
     wrong = correct == 0
     n_errors, n_correct = int(wrong.sum()), int((~wrong).sum())
@@ -202,7 +235,9 @@ def fit_class_modes(X_val_raw, correct_val, preprocessor: Preprocessor, max_mode
 
     Z = preprocessor.transform(X)
     if cluster == "images":
-        masks, silhouette = _image_clusters(Z, wrong, max_modes, min_mode_errors, seed)
+        masks, silhouette, n_clusters, information = _image_clusters(
+            Z, wrong, max_modes, min_mode_errors, max(2, max_modes) if max_clusters is None else max_clusters,
+            min_top_share, seed)
         center = Z[~wrong].mean(axis=0)
         modes = [Mode(weight=Z[m].mean(axis=0) - center, center=center, preprocessor=preprocessor,
                       n_errors=int(wrong[m].sum()), share=int(wrong[m].sum()) / n_errors) for m in masks]
@@ -210,8 +245,9 @@ def fit_class_modes(X_val_raw, correct_val, preprocessor: Preprocessor, max_mode
         if modes:
             modes.sort(key=lambda m: -m.n_errors)
             return ClassModes(modes=modes, n_val=len(X), n_errors=n_errors, silhouette=silhouette,
-                              clustering="images")
-        # no cluster of the class's images errs more than the class: cluster its errors instead
+                              clustering="images", n_clusters=n_clusters, error_information=information)
+        # no cluster of the class's images errs more than the class, or its modes miss most of the errors:
+        # cluster its errors instead
     center, inv_sqrt = _whitener(Z[~wrong])
     deviations = (Z[wrong] - center) @ inv_sqrt
     norms = np.linalg.norm(deviations, axis=1, keepdims=True)
@@ -235,9 +271,10 @@ def fit_class_modes(X_val_raw, correct_val, preprocessor: Preprocessor, max_mode
 
 def fit_all_modes(X_val, labels_val, correct_val, preprocessor: Preprocessor, class_names: Sequence[str],
                   max_modes: int, min_mode_errors: int, min_silhouette: float, seed: int,
-                  min_errors: int = 1, cluster: str = "errors") -> dict[int, ClassModes | Skip]:
+                  min_errors: int = 1, cluster: str = "errors", *, max_clusters: int | None = None,
+                  min_top_share: float = 0.0) -> dict[int, ClassModes | Skip]:
     """Every class's modes on the val split; class ``k`` clusters with seed ``seed + k``."""
-    _validate(max_modes, min_mode_errors, min_silhouette, cluster)
+    _validate(max_modes, min_mode_errors, min_silhouette, cluster, max_clusters, min_top_share)
     X_val = _as_matrix(X_val, "X_val", preprocessor.dim)
     labels, correct, n_classes = check_val_split(X_val, labels_val, correct_val, class_names)
     results: dict[int, ClassModes | Skip] = {}
@@ -247,7 +284,8 @@ def fit_all_modes(X_val, labels_val, correct_val, preprocessor: Preprocessor, cl
             results[k] = Skip(reason="no val images of this class", n_val=0, n_errors=0)
             continue
         results[k] = fit_class_modes(X_val[mask], correct[mask], preprocessor, max_modes, min_mode_errors,
-                                     min_silhouette, seed + k, min_errors, cluster)
+                                     min_silhouette, seed + k, min_errors, cluster, max_clusters=max_clusters,
+                                     min_top_share=min_top_share)
     return results
 
 
@@ -308,6 +346,8 @@ def modes_report(fitted: ClassModes, test_scores, in_subpop=None) -> dict:
         raise ValueError(f"test_scores must be (N, >= {len(fitted.modes)}) mode scores, got shape {scores.shape}")
     report = {"n_modes": len(fitted.modes), "n_val_errors": fitted.n_errors, "clustering": fitted.clustering,
               "silhouette": None if np.isnan(fitted.silhouette) else fitted.silhouette}
+    if fitted.clustering == "images":
+        report.update(n_clusters=fitted.n_clusters, error_information=fitted.error_information)
     aps = []
     for j, mode in enumerate(fitted.modes):
         entry = {"share": mode.share, "n_errors": mode.n_errors}
@@ -337,6 +377,7 @@ def save_modes(npz_path: str | Path, json_path: str | Path, preprocessor: Prepro
         direction=np.zeros((n_classes, max_modes, dim)), direction_raw=np.zeros((n_classes, max_modes, dim)),
         center=np.zeros((n_classes, dim)), mode_errors=np.zeros((n_classes, max_modes), np.int64),
         share=np.zeros((n_classes, max_modes)), silhouette=np.full(n_classes, np.nan),
+        n_clusters=np.zeros(n_classes, np.int64), error_information=np.full(n_classes, np.nan),
         clustering=np.asarray([""] * n_classes, dtype=object),
         n_val=np.zeros(n_classes, np.int64), n_errors=np.zeros(n_classes, np.int64),
         skip_reason=np.asarray([""] * n_classes, dtype=object),
@@ -354,6 +395,7 @@ def save_modes(npz_path: str | Path, json_path: str | Path, preprocessor: Prepro
             raise ValueError(f"class '{name}' has {len(r.modes)} modes, more than max_modes={max_modes}")
         arrays["n_modes"][k], arrays["silhouette"][k] = len(r.modes), r.silhouette
         arrays["clustering"][k] = r.clustering
+        arrays["n_clusters"][k], arrays["error_information"][k] = r.n_clusters, r.error_information
         arrays["center"][k] = r.modes[0].center
         for j, mode in enumerate(r.modes):
             arrays["weight"][k, j], arrays["direction"][k, j] = mode.weight, mode.direction
@@ -362,6 +404,8 @@ def save_modes(npz_path: str | Path, json_path: str | Path, preprocessor: Prepro
         summary["classes"][name] = {"fitted": True, "n_val": r.n_val, "n_errors": r.n_errors,
                                     "silhouette": None if np.isnan(r.silhouette) else r.silhouette,
                                     "clustering": r.clustering,
+                                    **({"n_clusters": r.n_clusters, "error_information": r.error_information}
+                                       if r.clustering == "images" else {}),
                                     "modes": [{"n_errors": m.n_errors, "share": m.share} for m in r.modes]}
     arrays["skip_reason"] = arrays["skip_reason"].astype(str)
     arrays["clustering"] = arrays["clustering"].astype(str)
@@ -384,5 +428,6 @@ def load_modes(npz_path: str | Path) -> tuple[dict[int, ClassModes | Skip], list
                       n_errors=int(a["mode_errors"][k, j]), share=float(a["share"][k, j]))
                  for j in range(int(a["n_modes"][k]))]
         results[k] = ClassModes(modes=modes, n_val=n_val, n_errors=n_errors, silhouette=float(a["silhouette"][k]),
-                                clustering=str(a["clustering"][k]))
+                                clustering=str(a["clustering"][k]), n_clusters=int(a["n_clusters"][k]),
+                                error_information=float(a["error_information"][k]))
     return results, [str(n) for n in a["class_names"]]

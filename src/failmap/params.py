@@ -117,10 +117,12 @@ class World(Section):
         if self.min_size > self.max_size:
             raise _refuse("min_size", self.min_size, f"<= world.max_size ({self.max_size})")
         # each split's shares of the planted value and of the confuser's value must leave a distribution
-        if self.train_rate + self.confuser_rate > 1:
+        # (a superclass world has no confuser: its rare member is the failure, the planted attribute uniform)
+        if self.superclasses is None and self.train_rate + self.confuser_rate > 1:
             raise _refuse("confuser_rate", self.confuser_rate, f"<= 1 - world.train_rate ({1 - self.train_rate:g}): "
                           f"both are shares of one class's train images")
-        if self.eval_confuser_rate is not None and self.eval_rate + self.eval_confuser_rate > 1:
+        if (self.superclasses is None and self.eval_confuser_rate is not None
+                and self.eval_rate + self.eval_confuser_rate > 1):
             raise _refuse("eval_confuser_rate", self.eval_confuser_rate, f"null or <= 1 - world.eval_rate "
                           f"({1 - self.eval_rate:g}): both are shares of one class's val / test / pool images")
         planted, attribute = self.planted_values, self.planted_attribute
@@ -218,7 +220,15 @@ class Modes(Section):
     min_mode_errors: Size
     min_silhouette: _num(float, ge=-1, le=1)
     cluster: Literal["errors", "images"]
+    max_clusters: _num(int, ge=2)
+    min_top_share: _num(float, ge=0, le=1)
     drive: Literal["svm", "modes", "top_mode"]
+    @model_validator(mode="after")
+    def _clusters_cover_modes(self):
+        if self.max_clusters < self.max_modes:  # cluster images tries k = max_modes .. max_clusters
+            raise _refuse("max_clusters", self.max_clusters, f">= modes.max_modes ({self.max_modes}): "
+                          f"cluster images tries k = max_modes .. max_clusters clusters")
+        return self
 class Caption(Section):
     template: Text
     adjectives: Optional[_list(Text, unique=True)]

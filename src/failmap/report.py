@@ -473,8 +473,15 @@ def _modes_section(inp: ReportInputs, name: str, k: int, planted: str | None) ->
     by_mode = inp.generated.get("eval_by_mode", {}).get(name, {})
     best = fitted.get("best_subpop_ap")
     silhouette = fitted.get("silhouette")
-    out = [f'<h3>Failure modes: {n_modes}</h3><p class="note">The class\'s {fitted["n_val_errors"]} wrong val '
-           'predictions clustered by how they differ from its correct images (failmap.modes), largest share first'
+    if fitted.get("clustering") == "images":
+        how = (f'The class\'s val images clustered (k = {fitted.get("n_clusters")}, the k that tells its '
+               f'{fitted["n_val_errors"]} wrong predictions best: adjusted mutual information '
+               f'{_num(fitted.get("error_information"), 2)}), the clusters that err more than the class kept '
+               '(failmap.modes), largest share of its errors first')
+    else:
+        how = (f'The class\'s {fitted["n_val_errors"]} wrong val predictions clustered by how they differ from its '
+               'correct images (failmap.modes), largest share first')
+    out = [f'<h3>Failure modes: {n_modes}</h3><p class="note">{how}'
            + ("" if silhouette is None else f"; silhouette {_num(silhouette, 2)}")
            + '. A mode\'s score: how much an image looks like the mode\'s errors; its captions are ranked by the '
            'same score of their text shift. Under each real image: its score, <b>✗</b> the baseline gets it wrong'

@@ -87,7 +87,10 @@ FIGURES: tuple[Figure, ...] = (
     # dcbench: the planted subpopulation matched with its class's best failure mode (failmap.modes)
     Figure("planted subpopulation AP: best failure mode", "metrics/modes.json", _at("mean", "best_subpop_ap")),
     Figure("top-3 hard captions name the planted value", "metrics/captions.json",
-           _at("planted_in_top3_hard", "fraction")),
+           _at("planted_in_top3_hard", "fraction")),  # the SVM's (a class's one direction)
+    # those the caption arm decodes under modes.drive: the SVM's, or the largest failure mode's
+    Figure("top-3 hard captions of the drive name the planted value", "metrics/captions.json",
+           _at("drive_planted_in_top3_hard", "fraction")),
     *(Figure(f"{arm}: planted subpopulation accuracy", "metrics/evaluate.json",
              _at("arms", arm, "hard_acc_gt", "mean")) for arm in ARMS),
     *(Figure(f"{arm}: test accuracy", "metrics/evaluate.json", _at("arms", arm, "test_acc", "mean")) for arm in ARMS),
