@@ -102,16 +102,40 @@ Worker status: 1 active, 0 idle"""
         "s-seed1": "Running", "s-seed2": "Queued", "s-seed0": "Success"}
 
 
-def test_a_queue_whose_worker_never_started_is_reported_not_waited_on(monkeypatch):
+def test_a_queue_whose_worker_never_starts_is_reported_after_its_restarts(monkeypatch):
     from failmap import study
     status = "Task     Name     Created    Status\n722ad61  s-seed0  01:24 PM   Queued\n\nWorker status: 0 active, 0 idle"
     assert study.no_worker(status) and not study.no_worker(status.replace("0 active", "1 active"))
-    monkeypatch.setattr(study, "run_dvc", lambda *a, **k: type("P", (), {"stdout": status})())
+    calls = []
+    monkeypatch.setattr(study, "run_dvc", lambda *a, **k: calls.append(a) or type("P", (), {"stdout": status})())
     clock = iter(range(0, 10_000, 100))
     monkeypatch.setattr(study.time, "time", lambda: next(clock))
     monkeypatch.setattr(study.time, "sleep", lambda s: None)
-    with pytest.raises(RuntimeError, match=r"no DVC queue worker runs, \['s-seed0'\] still queued"):
+    with pytest.raises(RuntimeError, match=r"no DVC queue worker runs, \['s-seed0'\] still queued, after 3 restarts"):
         study.queue_and_run("s", [0], poll_seconds=1)
+    assert sum(c[:2] == ("queue", "start") for c in calls) == 1 + study.WORKER_RESTARTS
+
+
+def test_a_worker_that_died_between_experiments_is_started_again(monkeypatch):
+    """Seed 0 done, seed 1 queued, no worker (DVC's worker died reading its broker): the queue is started again
+    and the study goes on."""
+    from failmap import study
+    head = "Task     Name     Created    Status\n4c1376c  s-seed0  01:24 PM   Success\n"
+    stuck = head + "722ad61  s-seed1  01:24 PM   Queued\n\nWorker status: 0 active, 0 idle"
+    done = head + "722ad61  s-seed1  01:24 PM   Success\n\nWorker status: 0 active, 0 idle"
+    calls, state = [], {"status": stuck}
+
+    def fake_dvc(*args, **kwargs):
+        calls.append(args)
+        if args[:2] == ("queue", "start") and sum(c[:2] == ("queue", "start") for c in calls) == 2:
+            state["status"] = done  # the restarted worker runs seed 1
+        return type("P", (), {"stdout": state["status"]})()
+    monkeypatch.setattr(study, "run_dvc", fake_dvc)
+    clock = iter(range(0, 10_000, 100))
+    monkeypatch.setattr(study.time, "time", lambda: next(clock))
+    monkeypatch.setattr(study.time, "sleep", lambda s: None)
+    assert study.queue_and_run("s", [0, 1], poll_seconds=1) == []
+    assert sum(c[:2] == ("queue", "start") for c in calls) == 2
 
 
 def test_the_last_experiment_finishing_after_its_worker_exits_is_waited_on(monkeypatch):

@@ -235,6 +235,10 @@ def table_markdown(table: Mapping[str, dict], digits: int = 3) -> str:
 # ------------------------------------------------------------------ running
 # how long a study waits on Queued experiments (none Running) while no queue worker runs
 WORKER_GONE_SECONDS = 180.0
+# how often it then starts the queue again before giving up: a worker can die between experiments (measured:
+# DVC's celery worker read an empty broker message, "JSONDecodeError: Expecting value", and exited with three
+# experiments still queued)
+WORKER_RESTARTS = 3
 
 
 def run_name(study: str, seed: int) -> str:
@@ -293,7 +297,7 @@ def queue_and_run(study: str, seeds: Sequence[int], overrides: Sequence[str] = (
         run_dvc("exp", "run", "--queue", *(["--force"] if force else []), "-n", name, *sets)
         print(f"queued {name}", flush=True)
     run_dvc("queue", "start", "-j", str(jobs), env=worker_env(jobs, cores))
-    start, idle_since = time.time(), None
+    start, idle_since, restarts = time.time(), None, 0
     while True:
         # a worker rewriting its info file while `queue status` reads it fails the read ("unexpected error -
         # Expecting value", measured on a study with two workers): read again
@@ -312,8 +316,13 @@ def queue_and_run(study: str, seeds: Sequence[int], overrides: Sequence[str] = (
         elif idle_since is None:
             idle_since = time.time()
         if idle_since is not None and time.time() - idle_since > max(WORKER_GONE_SECONDS, 3 * poll_seconds):
-            raise RuntimeError(f"no DVC queue worker runs, {queued} still queued: see "
-                               f".dvc/tmp/exps/celery/dvc-exp-worker-*.out, then `dvc queue start`")
+            if restarts == WORKER_RESTARTS:
+                raise RuntimeError(f"no DVC queue worker runs, {queued} still queued, after {restarts} restarts: "
+                                   f"see .dvc/tmp/exps/celery/dvc-exp-worker-*.out, then `dvc queue start`")
+            restarts, idle_since = restarts + 1, None
+            print(f"no DVC queue worker runs with {queued} queued: starting the queue again "
+                  f"({restarts} of {WORKER_RESTARTS})", flush=True)
+            run_dvc("queue", "start", "-j", str(jobs), env=worker_env(jobs, cores))
         time.sleep(poll_seconds)
 
 
