@@ -51,7 +51,8 @@ largest mode holds less than that share of its val errors falls back to
 colour's errors can scatter over many small clusters), and the largest mode
 is the one that drives the arms by default (``modes.drive: top_mode``). Off
 by default: it also drops the smaller image modes that match a sub-type
-failing beside a larger failure (benchmarks/modes.md, "Choosing k"). The silhouette gate does not apply: in CLIP's
+failing beside a larger failure (benchmarks/modes.md, "Choosing k"). The
+silhouette gate does not apply: in CLIP's
 dimensions a class's sub-types separate cleanly but score low silhouettes.
 
 A mode's *score* of an image is its coordinate along that direction from the
@@ -246,8 +247,8 @@ def fit_class_modes(X_val_raw, correct_val, preprocessor: Preprocessor, max_mode
             modes.sort(key=lambda m: -m.n_errors)
             return ClassModes(modes=modes, n_val=len(X), n_errors=n_errors, silhouette=silhouette,
                               clustering="images", n_clusters=n_clusters, error_information=information)
-        # no cluster of the class's images errs more than the class, or its modes miss most of the errors:
-        # cluster its errors instead
+        # no cluster of the class's images errs more than the class, or its largest mode holds less than
+        # min_top_share of the errors: cluster its errors instead
     center, inv_sqrt = _whitener(Z[~wrong])
     deviations = (Z[wrong] - center) @ inv_sqrt
     norms = np.linalg.norm(deviations, axis=1, keepdims=True)
@@ -428,6 +429,9 @@ def load_modes(npz_path: str | Path) -> tuple[dict[int, ClassModes | Skip], list
                       n_errors=int(a["mode_errors"][k, j]), share=float(a["share"][k, j]))
                  for j in range(int(a["n_modes"][k]))]
         results[k] = ClassModes(modes=modes, n_val=n_val, n_errors=n_errors, silhouette=float(a["silhouette"][k]),
-                                clustering=str(a["clustering"][k]), n_clusters=int(a["n_clusters"][k]),
-                                error_information=float(a["error_information"][k]))
+                                clustering=str(a["clustering"][k]),
+                                # files saved before k was chosen per class hold neither
+                                n_clusters=int(a["n_clusters"][k]) if "n_clusters" in a else 0,
+                                error_information=float(a["error_information"][k]) if "error_information" in a
+                                else float("nan"))
     return results, [str(n) for n in a["class_names"]]
