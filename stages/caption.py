@@ -8,7 +8,9 @@ to ``data/captions/hard_captions.json`` (what generate reads); the metrics add
 each caption's source and the slot that carries its score. A mode's captions
 are scored by the mode's decision function exactly as the SVM's are
 (``describe_class`` takes either); both sets are written, whichever
-``modes.drive`` steers generate."""
+``modes.drive`` steers generate. ``caption.score: retrieval`` scores them by
+CLIP zero-shot retrieval on the class's val images instead
+(``failmap.captions.retrieval_scorer``)."""
 import numpy as np
 
 from failmap.caption_sources import check_sources
@@ -16,10 +18,13 @@ from failmap.captions import (HARD_CAPTIONS_FILE, SummaryRow, describe_class, mo
                               planted_attribute_hits, write_hard_captions, write_summary_markdown)
 from failmap.data import load_meta, load_split
 from failmap.embedder import load_embedder
+from failmap.embeddings import load_embeddings
 from failmap.io import read_json, write_json
 from failmap.modes import ClassModes, load_modes
 from failmap.plots import image_grid
-from failmap.stage import CAPTIONS_DIR, CLIP_DIR, METRICS, PLOTS, PREPARED, SVM_DIR, run_stage
+from failmap.predictions import load_predictions
+from failmap.stage import (BASELINE_PREDICTIONS, CAPTIONS_DIR, CLIP_DIR, EMBEDDINGS, METRICS, PLOTS, PREPARED,
+                           SVM_DIR, run_stage)
 from failmap.svm import ClassSVM, load_svms
 
 GRID = 16  # hardest / easiest test images shown per class (and per mode)
@@ -47,6 +52,12 @@ def main():
         modes, _ = load_modes(f"{SVM_DIR}/modes.npz")
         with np.load(f"{SVM_DIR}/decisions.npz") as z:
             decision, mode_scores = z["test_decision"], z["test_mode_scores"]
+        if cap.score == "retrieval":  # captions scored on the val images the directions were fitted on
+            val = load_predictions(f"{BASELINE_PREDICTIONS}/val.csv")
+            val_embeds, logit_scale = load_embeddings(EMBEDDINGS, "val", val["id"]), embedder.logit_scale
+
+        def retrieval(k: int):
+            return (val_embeds[val["label"] == k], logit_scale) if cap.score == "retrieval" else None
 
         tops, ranked, rows, bank_sizes, mode_tops = {}, {}, [], {}, {}
         planted = {name: d["phrase"] for name, d in meta.get("planted", {}).items()
@@ -59,7 +70,7 @@ def main():
                 mode_tops[name] = []
                 for j, mode in enumerate(modes[k].modes):
                     described = describe_class(bank, embedder.embed_texts, cap.template, name, pre, mode, cap.top_k,
-                                               cap.diversity)
+                                               cap.diversity, retrieval(k))
                     described.pop("ranked_hard")
                     mode_tops[name].append({"share": mode.share, **described})
                     # hardest by mode score = most like the mode (the mode's decision value is minus the score)
@@ -71,7 +82,8 @@ def main():
                 rows.append(SummaryRow(name, planted=planted.get(name), skip_reason=svm.reason))
                 continue
             bank_sizes[name] = len(bank)
-            top = describe_class(bank, embedder.embed_texts, cap.template, name, pre, svm, cap.top_k, cap.diversity)
+            top = describe_class(bank, embedder.embed_texts, cap.template, name, pre, svm, cap.top_k, cap.diversity,
+                                 retrieval(k))
             ranked[name] = top.pop("ranked_hard")
             tops[name] = top
             hard = [t["caption"] for t in top["hard"]]

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from failmap.caption_sources import Candidate, check_sources, read_caption_file, template_candidates
-from failmap.captions import (mode_planted_hits, SummaryRow, agree_articles, caption_bank, caption_shifts, describe_class,
+from failmap.captions import (mode_planted_hits, retrieval_scorer, SummaryRow, agree_articles, caption_bank, caption_shifts, describe_class,
                               names_attribute, planted_attribute_hits, read_hard_captions, read_mode_captions, reference_caption,
                               score_captions, select_diverse, slot_effects, summary_markdown, top_captions,
                               write_hard_captions, write_summary_markdown)
@@ -281,6 +281,8 @@ def test_params_refuse_bad_caption_sources():
         params_from_dict(overlay(default, {"caption": {"sources": ["subtypes"], "subtypes": {"circle": "ring"}}}))
     with pytest.raises(ParamsError, match="caption.diversity"):
         params_from_dict(overlay(default, {"caption": {"diversity": 1.0}}))
+    with pytest.raises(ParamsError, match="caption.score = 'zero_shot': expected one of direction \\| retrieval"):
+        params_from_dict(overlay(default, {"caption": {"score": "zero_shot"}}))
     p = params_from_dict(overlay(default, {"caption": {"sources": ["template", "subtypes"], "subtypes": {"circle": ["ring"]}}}))
     assert p.caption.subtypes == {"circle": ["ring"]} and p.caption.diversity == 0.3
 
@@ -398,3 +400,59 @@ def test_a_mode_is_captioned_by_its_own_score_and_written_with_its_share(tmp_pat
     (tmp_path / "old.json").write_text('{"circle": ["a photo of a circle"]}')
     with pytest.raises(ValueError, match="keys 'svm' and 'modes'"):
         read_hard_captions(tmp_path / "old.json", ["circle"])
+
+
+def _red_and_purple_hearts(seed=0, d=8):
+    """A class whose easy images are red, whose hard ones are purple, and a text
+    tower whose 'blue' points further from red than its 'purple' does, though
+    CLIP still reads purple images as purple: the text shift of "blue" lines up
+    with the image direction better than the right word's does."""
+    e, rng = np.eye(d), np.random.default_rng(seed)
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+    easy, hard = unit(e[0] + 0.3 * rng.normal(size=(80, d))), unit(e[1] + 0.3 * rng.normal(size=(20, d)))
+    words = {"red": unit(e[0] + 0.5 * e[3]), "purple": unit(0.6 * e[1] + 0.8 * e[4]),
+             "blue": unit(0.45 * e[1] - 0.9 * e[0] + 0.5 * e[5])}
+
+    def embed_texts(texts):
+        return np.array([unit(0.2 * e[-1] + sum((words[w] for w in t.split() if w in words), np.zeros(d)))
+                         for t in texts])
+    pre = Preprocessor(mean=np.zeros(d), std=np.ones(d))
+    center = pre.transform(easy).mean(0)
+    from failmap.modes import Mode
+    mode = Mode(weight=pre.transform(hard).mean(0) - center, center=center, preprocessor=pre, n_errors=20, share=1.0)
+    return easy, hard, embed_texts, pre, mode
+
+
+def test_retrieval_names_what_clip_reads_in_the_hard_images_where_the_text_shift_misleads():
+    easy, hard, embed_texts, pre, mode = _red_and_purple_hearts()
+    template = "a photo of a {adjective} {noun}"
+    bank = check_sources(["template"], template=template, adjectives=["red", "purple", "blue"], contexts=None,
+                         classes=["heart"], meta={"source": "world"}).bank(0, "heart")
+    texts = [b.text for b in bank]
+    read_as = np.bincount((hard @ embed_texts(texts).T).argmax(1), minlength=len(texts))
+    assert read_as.argmax() == texts.index("a photo of a purple heart")  # CLIP reads the hard images as purple
+    by_direction = describe_class(bank, embed_texts, template, "heart", pre, mode, 2, 0.0)
+    assert by_direction["hard"][0]["caption"] == "a photo of a blue heart"  # the failure retrieval fixes
+    images = np.vstack([easy, hard])
+    by_retrieval = describe_class(bank, embed_texts, template, "heart", pre, mode, 2, 0.0, retrieval=(images, 30.0))
+    assert by_retrieval["hard"][0]["caption"] == "a photo of a purple heart"
+    assert by_retrieval["hard"][0]["carried_by"] == "adjective"
+    assert by_retrieval["easy"][0]["caption"] == "a photo of a red heart"
+
+
+def test_retrieval_scorer_is_a_correlation_with_the_decision_value():
+    easy, hard, embed_texts, _, mode = _red_and_purple_hearts(seed=1)
+    images = np.vstack([easy, hard])
+    bank = embed_texts(["red", "purple", "blue"])
+    score = retrieval_scorer(images, bank, mode.decision_function(images), 30.0)
+    s = score(bank)
+    assert s.shape == (3,) and np.all(np.abs(s) <= 1 + 1e-9) and s[0] > 0 > s[1]
+    # a positive rescaling of the decision values changes nothing; flipping them flips every score
+    assert np.allclose(retrieval_scorer(images, bank, 5 * mode.decision_function(images), 30.0)(bank), s)
+    assert np.allclose(retrieval_scorer(images, bank, -mode.decision_function(images), 30.0)(bank), -s)
+    assert np.allclose(score(bank[[1]]), s[[1]])  # a caption scored alone: against the bank's normaliser
+    assert retrieval_scorer(images, bank, np.zeros(len(images)), 30.0)(bank).tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="one decision value each"):
+        retrieval_scorer(images, bank, np.zeros(3), 30.0)

@@ -9,6 +9,12 @@ of one another (``select_diverse``), and each is told apart by which of its
 slots carries its score (``slot_effects``). Where the candidates come from is
 ``failmap.caption_sources``. Text embedding is passed in as a callable, so
 nothing here loads a model.
+
+``caption.score: retrieval`` scores a caption by what CLIP reads in the
+class's own images instead (``retrieval_scorer``): how closely the caption's
+zero-shot probability among the bank follows the direction over the class's
+val images. It asks of the words only what CLIP is trained for, matching
+text to images, not that a text shift point the way an image direction does.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from failmap.io import atomic_path, read_json, write_json
 from failmap.svm import ClassSVM, Preprocessor
 
 EmbedTexts = Callable[[list[str]], np.ndarray]
+CAPTION_SCORES = ("direction", "retrieval")  # caption.score
 HARD_CAPTIONS_FILE = "hard_captions.json"  # in the caption stage's data folder (failmap.stage.CAPTIONS_DIR)
 
 
@@ -144,6 +151,41 @@ def score_captions(captions: Sequence[str], embed_texts: EmbedTexts, reference_c
     return score_shifts(shifts, preprocessor, class_svm, subtract_mean)
 
 
+def retrieval_scorer(image_embeds: np.ndarray, bank_embeds: np.ndarray, decision: np.ndarray,
+                     logit_scale: float) -> Callable[[np.ndarray], np.ndarray]:
+    """A scorer of text embeddings (m, D) -> (m,) against one failure direction, by retrieval.
+
+    ``image_embeds`` (n, D): the class's val images; ``decision`` (n,): the
+    direction's decision value on them (negative = hard); ``bank_embeds``: the
+    caption bank, the candidates CLIP chooses among. A caption's score is the
+    Pearson correlation, over the images, between its zero-shot probability
+    p(c | x) = exp(s x.t_c) / sum over the bank of exp(s x.t_b) (s the CLIP's
+    ``logit_scale``) and the decision value: negative when the caption is the
+    likelier the harder the image, as a decision value is. A caption outside
+    the bank (``slot_effects``' variants) is scored against the bank's
+    normaliser. Correlation is scale-free, so a rare caption that tracks the
+    direction closely outranks a common one that tracks it loosely.
+    """
+    images = np.asarray(image_embeds, dtype=np.float64)
+    decision = np.asarray(decision, dtype=np.float64)
+    if images.ndim != 2 or len(images) != len(decision) or len(images) < 2:
+        raise ValueError(f"need (n, D) image embeddings with one decision value each, n >= 2; got "
+                         f"{images.shape} and {decision.shape}")
+    bank_logits = logit_scale * images @ np.asarray(bank_embeds, dtype=np.float64).T
+    top = bank_logits.max(1, keepdims=True)
+    log_norm = top[:, 0] + np.log(np.exp(bank_logits - top).sum(1))
+    centred = decision - decision.mean()
+    spread = np.linalg.norm(centred)
+
+    def score(text_embeds: np.ndarray) -> np.ndarray:
+        prob = np.exp(logit_scale * images @ np.asarray(text_embeds, dtype=np.float64).T - log_norm[:, None])
+        prob -= prob.mean(0)
+        denom = np.linalg.norm(prob, axis=0) * spread
+        return np.divide(prob.T @ centred, denom, out=np.zeros(prob.shape[1]), where=denom > 0)
+
+    return score
+
+
 def _check_scores(n: int, scores) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != (n,):
@@ -247,20 +289,34 @@ def slot_effects(candidates: Sequence, scores, side: str, template: str, class_n
 
 
 def describe_class(bank: Sequence, embed_texts: EmbedTexts, template: str, class_name: str,
-                   preprocessor: Preprocessor, class_svm: ClassSVM, k: int, diversity: float) -> dict:
+                   preprocessor: Preprocessor, class_svm: ClassSVM, k: int, diversity: float,
+                   retrieval: tuple[np.ndarray, float] | None = None) -> dict:
     """One class's captions: the ``k`` hard and easy ones (``top_captions`` with
     ``diversity``), each with its ``source`` and the slot carrying its score
     (``slot_effects``), plus ``ranked_hard``, the plain top-k hard ranking.
-    ``bank`` holds ``caption_sources.Candidate`` s (text, source and slots)."""
+    ``bank`` holds ``caption_sources.Candidate`` s (text, source and slots).
+    ``class_svm`` is the direction (a ``ClassSVM`` or a ``modes.Mode``);
+    ``retrieval`` = (the class's val image embeddings, the CLIP's logit scale)
+    scores the captions by ``retrieval_scorer`` instead of by the direction's
+    decision value on their text shifts (which still set the diversity)."""
     texts = [b.text for b in bank]
     reference = reference_caption(template, class_name)
     shifts = caption_shifts(texts, embed_texts, reference, preprocessor.dim)
-    scores = score_shifts(shifts, preprocessor, class_svm)
+    if retrieval is None:
+        scores = score_shifts(shifts, preprocessor, class_svm)
+
+        def score_texts(more: list[str]) -> np.ndarray:
+            return score_captions(more, embed_texts, reference, preprocessor, class_svm)
+    else:
+        images, logit_scale = retrieval
+        bank_embeds = np.asarray(embed_texts(texts))
+        score_embeds = retrieval_scorer(images, bank_embeds, class_svm.decision_function(images), logit_scale)
+        scores = score_embeds(bank_embeds)
+
+        def score_texts(more: list[str]) -> np.ndarray:
+            return score_embeds(embed_texts(more))
     top = top_captions(texts, scores, k, shifts=shifts, diversity=diversity)
     index = {t: i for i, t in enumerate(texts)}
-
-    def score_texts(more: list[str]) -> np.ndarray:
-        return score_captions(more, embed_texts, reference, preprocessor, class_svm)
 
     for side, chosen in top.items():
         picked = [bank[index[t["caption"]]] for t in chosen]

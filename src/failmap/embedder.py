@@ -63,6 +63,11 @@ class Embedder:
     def __repr__(self) -> str:
         return f"Embedder(space={self.space!r}, dim={self.dim}, device={self.device})"
 
+    @property
+    def logit_scale(self) -> float:
+        """The factor CLIP multiplies image-text cosines by before a softmax (its learned temperature)."""
+        return float(self.model.logit_scale.detach().exp())
+
     def preprocess(self, images_uint8: np.ndarray) -> torch.Tensor:
         """uint8 (B, H, W, 3) -> normalised float (B, 3, S, S) on the device."""
         x = torch.from_numpy(np.ascontiguousarray(images_uint8)).to(self.device)

@@ -238,6 +238,7 @@ class Caption(Section):
     subtypes: Optional[dict[Text, _list(Text)]]
     file: Optional[Text]
     diversity: Momentum
+    score: Literal["direction", "retrieval"]  # failmap.captions: CAPTION_SCORES
     @model_validator(mode="after")
     def _template_slots(self):
         allowed = ", ".join("{" + s + "}" for s in CAPTION_SLOTS)
