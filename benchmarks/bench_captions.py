@@ -34,7 +34,7 @@ from failmap.captions import CAPTION_SCORES, describe_class, planted_attribute_h
 from failmap.data import load_meta
 from failmap.embedder import load_embedder
 from failmap.embeddings import load_embeddings
-from failmap.modes import ClassModes, load_modes
+from failmap.modes import ClassModes, fit_all_modes, load_modes
 from failmap.predictions import load_predictions
 from failmap.smoke import repo_root
 from failmap.stage import BASELINE_PREDICTIONS, CLIP_DIR, EMBEDDINGS, PREPARED, SVM_DIR
@@ -68,8 +68,10 @@ def materialise(repo: Path, ref: str, dest: Path) -> None:
         raise SystemExit(f"{ref}: clip.source {source!r}; an experiment is scored with the shipped world CLIP only")
 
 
-def score_experiment(folder: Path, embedder, caption_sources: list[str] | None = None) -> dict:
-    """Hit rates of the folder's classes (its ``caption`` params; ``caption_sources`` replaces their sources)."""
+def score_experiment(folder: Path, embedder, caption_sources: list[str] | None = None,
+                     modes_params: dict | None = None) -> dict:
+    """Hit rates of the folder's classes (its ``caption`` params; ``caption_sources`` replaces their sources;
+    ``modes_params``, a params dict, refits the modes with its ``modes`` settings instead of reading them)."""
     params = yaml.safe_load((folder / "params.yaml").read_text())
     cap = params["caption"]
     meta = load_meta(folder / PREPARED)
@@ -84,7 +86,13 @@ def score_experiment(folder: Path, embedder, caption_sources: list[str] | None =
     val = load_predictions(folder / BASELINE_PREDICTIONS / "val.csv")
     X = load_embeddings(folder / EMBEDDINGS, "val", val["id"])
     pre, svms, _ = load_svms(folder / SVM_DIR / "svms.npz")
-    modes, _ = load_modes(folder / SVM_DIR / "modes.npz")
+    if modes_params is None:
+        modes, _ = load_modes(folder / SVM_DIR / "modes.npz")
+    else:
+        m = modes_params["modes"]
+        modes = fit_all_modes(X, val["label"], val["correct"], pre, classes, m["max_modes"], m["min_mode_errors"],
+                              m["min_silhouette"], params["seed"], params["svm"]["min_errors"], m["cluster"],
+                              max_clusters=m["max_clusters"], min_top_share=m["min_top_share"])
     hard = {(d, s): {} for d in DIRECTIONS for s in CAPTION_SCORES}
     for k, name in enumerate(classes):
         directions = {"svm": svms[k] if isinstance(svms[k], ClassSVM) else None,
@@ -101,8 +109,8 @@ def score_experiment(folder: Path, embedder, caption_sources: list[str] | None =
     for (direction, score), tops in hard.items():
         top3, top1 = planted_attribute_hits(tops, planted, k=3), planted_attribute_hits(tops, planted, k=1)
         result[f"{direction}/{score}"] = {"top3": top3["fraction"], "top1": top1["fraction"],
-                                          "missed": {n: tops[n][:3] for n, hit in top3["per_class"].items()
-                                                     if not hit}}
+                                          "missed": [n for n, hit in top3["per_class"].items() if not hit],
+                                          "hard_top3": {n: tops[n][:3] for n in tops}}
     return result
 
 
@@ -111,8 +119,11 @@ def main() -> None:
     ap.add_argument("targets", nargs="+", help="seed study names, or folders a pipeline ran in")
     ap.add_argument("--repo", type=Path, default=repo_root(), help="the repository holding the studies")
     ap.add_argument("--sources", nargs="+", default=None, help="caption.sources for every target")
+    ap.add_argument("--refit-modes", type=Path, default=None, metavar="PARAMS",
+                    help="refit each target's modes with this params file's modes settings (e.g. params.yaml)")
     ap.add_argument("--out", type=Path, default=None, help="write every figure here as JSON")
     args = ap.parse_args()
+    modes_params = yaml.safe_load(args.refit_modes.read_text()) if args.refit_modes else None
     shipped = load_embedder("world", model_dir=repo_root() / "models" / "pretrained" / "world-clip")
     shipped.show_progress = False
     results = {}
@@ -123,13 +134,13 @@ def main() -> None:
             embedder = load_embedder(c["source"], c["arch"], c["pretrained"], folder / CLIP_DIR, "cpu")
             embedder.show_progress = False
             group = re.sub(r"\d+$", "", folder.name)  # colour0 .. colour4: one row of the summary
-            scored = {folder.name: score_experiment(folder, embedder, args.sources)}
+            scored = {folder.name: score_experiment(folder, embedder, args.sources, modes_params)}
         else:  # a seed study: the experiments ran on the shipped world CLIP (checked in materialise)
             group, scored = target, {}
             for name, ref in experiment_refs(args.repo, target).items():
                 with tempfile.TemporaryDirectory() as tmp:
                     materialise(args.repo, ref, Path(tmp))
-                    scored[name] = score_experiment(Path(tmp), shipped, args.sources)
+                    scored[name] = score_experiment(Path(tmp), shipped, args.sources, modes_params)
         for name, result in scored.items():
             print(name, {key: (r["top3"], r["top1"]) for key, r in result.items()}, flush=True)
         results.setdefault(group, {}).update(scored)
