@@ -36,6 +36,15 @@ def test_readme_snippet_runs_as_written_and_names_the_planted_contexts(monkeypat
     assert images.images.shape == (4 * len(world["classes"]), 32, 32, 3) and images.images.dtype == np.uint8
     assert sorted(set(images.labels.tolist())) == [0, 1, 2]
     assert "(12, 32, 32, 3)" in capsys.readouterr().out
+    # the reference's scoring (the SVM on the caption's text shift) names them as well here
+    clip, found = namespace["clip"], namespace["found"]
+    contexts = [CONTEXT_PHRASE[c] for c in world["contexts"]]
+    by_direction = api.caption_directions(found, clip.embed_texts, adjectives=world["colours"], contexts=contexts,
+                                          score="direction")
+    for name, planted in zip(world["classes"], world["planted"]):
+        assert CONTEXT_PHRASE[planted] in by_direction[name]["hard"][0]["caption"]
+    with pytest.raises(ValueError, match="score must be one of"):
+        api.caption_directions(found, clip.embed_texts, score="svm")
 
 
 def test_import_is_light():

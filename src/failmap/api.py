@@ -8,8 +8,8 @@ arrays and the models themselves, and write nothing:
    (``failmap.svm``), plus what decoding needs (each class's reference
    embedding from the train split and how far its validation images reach
    along its direction, ``failmap.conditions``);
-2. ``caption_directions``: the captions of a bank that the SVM scores as
-   hardest / easiest, from any text-embedding function of the same CLIP
+2. ``caption_directions``: the captions of a bank that name each SVM's
+   hard and easy side, from any text-embedding function of the same CLIP
    space (``failmap.captions``);
 3. ``decode_directions``: images of each class walked towards the hard side
    of its direction by a loaded decoder (``failmap.generate``, e.g.
@@ -35,14 +35,17 @@ class FailureDirections:
     (or a ``Skip`` saying why class k has none), the train-split ``preprocessor``
     they were fitted after, each class's ``references`` (unit mean train image
     embedding, (n_classes, D)), ``extents`` (``conditions.direction_extents``
-    on the validation embeddings) and ``tails`` (``conditions.tail_images``:
-    each class's hardest and easiest validation embeddings)."""
+    on the validation embeddings), ``tails`` (``conditions.tail_images``:
+    each class's hardest and easiest validation embeddings) and the validation
+    embeddings and labels themselves (what retrieval captioning reads)."""
     class_names: list[str]
     preprocessor: object
     svms: dict
     references: np.ndarray
     extents: dict[int, tuple[float, float]]
     tails: dict[int, tuple[np.ndarray, np.ndarray]]
+    val_embeds: np.ndarray
+    val_labels: np.ndarray
 
     def fitted(self) -> list[str]:
         """The classes that got a direction."""
@@ -97,32 +100,46 @@ def find_failure_directions(train_embeds: np.ndarray, train_labels: np.ndarray, 
     references = class_reference_embeddings(train_embeds, train_labels, len(class_names))
     extents = direction_extents(svms, references, val_embeds, val_labels)
     return FailureDirections(class_names, preprocessor, svms, references, extents,
-                             tail_images(svms, val_embeds, val_labels))
+                             tail_images(svms, val_embeds, val_labels), np.asarray(val_embeds), val_labels)
 
 
 def caption_directions(found: FailureDirections, embed_texts: EmbedTexts, *,
                        adjectives: Sequence[str] | None = None, contexts: Sequence[str] | None = None,
                        bank: Mapping[str, Sequence[str]] | None = None, template: str | None = None,
-                       top_k: int | None = None) -> dict[str, dict[str, list[dict]]]:
+                       top_k: int | None = None, score: str | None = None,
+                       logit_scale: float = 100.0) -> dict[str, dict[str, list[dict]]]:
     """Per class with a direction: its ``top_k`` hardest and easiest captions
     ({"hard": [{"caption", "score"}, ...], "easy": [...]}, hardest first).
 
     The bank of a class: ``bank[class]`` when given, else every caption
     ``template`` makes of the class name with the ``adjectives`` and
     ``contexts`` (``failmap.captions.caption_bank``). ``embed_texts`` must
-    embed into the space the directions were found in. ``template``,
-    ``top_k``: params.yaml ``caption`` when None.
+    embed into the space the directions were found in. ``score``: how a
+    caption is scored (``caption.score``): 'retrieval', CLIP's zero-shot
+    reading of the class's validation images at temperature ``logit_scale``
+    (your CLIP's ``logit_scale.exp()``; ``failmap.embedder.Embedder.logit_scale``),
+    or 'direction', the SVM on the caption's text shift. ``template``,
+    ``top_k``, ``score``: params.yaml ``caption`` when None.
     """
-    from failmap.captions import caption_bank, reference_caption, score_captions, top_captions
+    from failmap.captions import CAPTION_SCORES, caption_bank, reference_caption, retrieval_scorer, \
+        score_captions, top_captions
 
-    s = _settings("caption", template=template, top_k=top_k)
+    s = _settings("caption", template=template, top_k=top_k, score=score)
+    if s["score"] not in CAPTION_SCORES:
+        raise ValueError(f"score must be one of {CAPTION_SCORES}, got {s['score']!r}")
     out = {}
     for k, name in enumerate(found.class_names):
         if name not in found.fitted():
             continue
         captions = list(bank[name]) if bank is not None else caption_bank(s["template"], name, adjectives, contexts)
-        scores = score_captions(captions, embed_texts, reference_caption(s["template"], name), found.preprocessor,
-                                found.svms[k])
+        if s["score"] == "retrieval":
+            images = found.val_embeds[found.val_labels == k]
+            bank_embeds = np.asarray(embed_texts(captions))
+            scores = retrieval_scorer(images, bank_embeds, found.svms[k].decision_function(images),
+                                      logit_scale)(bank_embeds)
+        else:
+            scores = score_captions(captions, embed_texts, reference_caption(s["template"], name),
+                                    found.preprocessor, found.svms[k])
         out[name] = top_captions(captions, scores, s["top_k"])
     return out
 

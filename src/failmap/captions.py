@@ -10,7 +10,8 @@ slots carries its score (``slot_effects``). Where the candidates come from is
 ``failmap.caption_sources``. Text embedding is passed in as a callable, so
 nothing here loads a model.
 
-``caption.score: retrieval`` scores a caption by what CLIP reads in the
+That is ``caption.score: direction``, the reference's scoring. The default,
+``caption.score: retrieval``, scores a caption by what CLIP reads in the
 class's own images instead (``retrieval_scorer``): how closely the caption's
 zero-shot probability among the bank follows the direction over the class's
 val images. It asks of the words only what CLIP is trained for, matching
