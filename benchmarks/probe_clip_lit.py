@@ -39,15 +39,13 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
 from failmap.embedder import load_embedder
-from failmap.foundation import corpus_spec, load_foundation_params, render_corpus
+from failmap.foundation import CORPUS_STREAMS, corpus_spec, load_foundation_params, render_corpus
 from failmap.foundation_eval import clip_quality, visible_mask
 from failmap.smoke import repo_root
 
-STREAMS = {"train": 0, "heldout": 1}  # foundation/stages/corpus.py
-
 
 def corpus_part(spec, n: int, seed: int, part: str) -> dict:
-    images, captions, rows = render_corpus(spec, n, seed, STREAMS[part], desc=f"{part} corpus")
+    images, captions, rows = render_corpus(spec, n, seed, CORPUS_STREAMS[part], desc=f"{part} corpus")
     return {"images": images, "captions": captions, **{a: np.array([r[a] for r in rows]) for a in rows[0]}}
 
 

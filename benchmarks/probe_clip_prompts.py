@@ -20,19 +20,17 @@ import numpy as np
 from failmap.captions import fill_caption
 from failmap.embedder import load_embedder
 from failmap.evaluation import DEFAULT_TEMPLATE, _classify
-from failmap.foundation import corpus_spec, load_foundation_params, render_corpus
+from failmap.foundation import CORPUS_STREAMS, corpus_spec, load_foundation_params, render_corpus
 from failmap.foundation_eval import visible_mask
 from failmap.smoke import repo_root
 from failmap.world import CONTEXT_PHRASE
-
-HELDOUT_STREAM = 1  # foundation/stages/corpus.py: stream 0 is the training corpus, 1 the held-out images
 
 
 def main() -> None:
     root = repo_root()
     p = load_foundation_params(root / "foundation" / "params.yaml")
     spec = corpus_spec(p)
-    images, _, rows = render_corpus(spec, p.corpus.n_heldout, p.seed, HELDOUT_STREAM, desc="held-out corpus")
+    images, _, rows = render_corpus(spec, p.corpus.n_heldout, p.seed, CORPUS_STREAMS["heldout"], desc="held-out corpus")
     labels = np.array([spec.shapes.index(r["shape"]) for r in rows])
     visible = visible_mask([r["colour"] for r in rows], [r["context"] for r in rows])
     embedder = load_embedder("world", model_dir=root / "models" / "pretrained" / "world-clip")

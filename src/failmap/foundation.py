@@ -209,6 +209,7 @@ def hardware() -> dict:
 
 # ------------------------------------------------- the foundation pipeline's stages
 CORPUS_DIR = "data/corpus"       # relative to foundation/, where its stages run
+CORPUS_STREAMS = {"train": 0, "heldout": 1}  # render_corpus stream of each part: independent draws
 WORK_DIR = "work"                # trained models before export, the decoder's checkpoint
 BUILD_DIR = "build"              # the exported models with their cards; the publish stage copies them to
                                  # models/pretrained/ (not a DVC output there: see foundation/dvc.yaml)
