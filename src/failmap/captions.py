@@ -172,9 +172,8 @@ def retrieval_scorer(image_embeds: np.ndarray, bank_embeds: np.ndarray, decision
     if images.ndim != 2 or len(images) != len(decision) or len(images) < 2:
         raise ValueError(f"need (n, D) image embeddings with one decision value each, n >= 2; got "
                          f"{images.shape} and {decision.shape}")
-    bank_logits = logit_scale * images @ np.asarray(bank_embeds, dtype=np.float64).T
-    top = bank_logits.max(1, keepdims=True)
-    log_norm = top[:, 0] + np.log(np.exp(bank_logits - top).sum(1))
+    from scipy.special import logsumexp
+    log_norm = logsumexp(logit_scale * images @ np.asarray(bank_embeds, dtype=np.float64).T, axis=1)
     centred = decision - decision.mean()
     spread = np.linalg.norm(centred)
 
