@@ -14,7 +14,7 @@ CLIP zero-shot retrieval on the class's val images instead
 import numpy as np
 
 from failmap.caption_sources import check_sources
-from failmap.captions import (HARD_CAPTIONS_FILE, SummaryRow, describe_class, mode_planted_hits,
+from failmap.captions import (HARD_CAPTIONS_FILE, SummaryRow, cached_embed_texts, describe_class, mode_planted_hits,
                               planted_attribute_hits, write_hard_captions, write_summary_markdown)
 from failmap.data import load_meta, load_split
 from failmap.embedder import load_embedder
@@ -48,6 +48,7 @@ def main():
         pre, svms, _ = load_svms(f"{SVM_DIR}/svms.npz")
         svm_metrics = read_json(f"{METRICS}/svm.json")["per_class"]
         embedder = load_embedder(c.source, c.arch, c.pretrained, CLIP_DIR, c.device, c.batch_size)
+        embed_texts = cached_embed_texts(embedder.embed_texts)  # a class's bank: once for its SVM and its modes
         test = load_split(PREPARED, "test")
         modes, _ = load_modes(f"{SVM_DIR}/modes.npz")
         with np.load(f"{SVM_DIR}/decisions.npz") as z:
@@ -69,7 +70,7 @@ def main():
             if isinstance(modes[k], ClassModes):  # a class's modes are captioned whether or not it has an SVM
                 mode_tops[name] = []
                 for j, mode in enumerate(modes[k].modes):
-                    described = describe_class(bank, embedder.embed_texts, cap.template, name, pre, mode, cap.top_k,
+                    described = describe_class(bank, embed_texts, cap.template, name, pre, mode, cap.top_k,
                                                cap.diversity, retrieval(k))
                     described.pop("ranked_hard")
                     mode_tops[name].append({"share": mode.share, **described})
@@ -82,7 +83,7 @@ def main():
                 rows.append(SummaryRow(name, planted=planted.get(name), skip_reason=svm.reason))
                 continue
             bank_sizes[name] = len(bank)
-            top = describe_class(bank, embedder.embed_texts, cap.template, name, pre, svm, cap.top_k, cap.diversity,
+            top = describe_class(bank, embed_texts, cap.template, name, pre, svm, cap.top_k, cap.diversity,
                                  retrieval(k))
             ranked[name] = top.pop("ranked_hard")
             tops[name] = top

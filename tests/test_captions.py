@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 
 from failmap.caption_sources import Candidate, check_sources, read_caption_file, template_candidates
-from failmap.captions import (mode_planted_hits, retrieval_scorer, SummaryRow, agree_articles, caption_bank, caption_shifts, describe_class,
-                              names_attribute, planted_attribute_hits, read_hard_captions, read_mode_captions, reference_caption,
+from failmap.captions import (SummaryRow, agree_articles, cached_embed_texts, caption_bank, caption_shifts,
+                              describe_class, mode_planted_hits, names_attribute, planted_attribute_hits,
+                              read_hard_captions, read_mode_captions, reference_caption, retrieval_scorer,
                               score_captions, select_diverse, slot_effects, summary_markdown, top_captions,
                               write_hard_captions, write_summary_markdown)
 from failmap.data import Split
@@ -456,3 +457,30 @@ def test_retrieval_scorer_is_a_correlation_with_the_decision_value():
     assert retrieval_scorer(images, bank, np.zeros(len(images)), 30.0)(bank).tolist() == [0.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="one decision value each"):
         retrieval_scorer(images, bank, np.zeros(3), 30.0)
+
+
+def test_cached_embed_texts_embeds_each_text_once_and_describe_class_reads_the_bank_once():
+    easy, hard, embed_texts, pre, mode = _red_and_purple_hearts()
+    calls = []
+
+    def counting(texts):
+        calls.append(list(texts))
+        return embed_texts(texts)
+    cached = cached_embed_texts(counting)
+    out = cached(["a", "red", "a", "purple"])
+    assert np.array_equal(out, embed_texts(["a", "red", "a", "purple"])) and calls == [["a", "red", "purple"]]
+    assert np.array_equal(cached(["purple", "red"]), embed_texts(["purple", "red"])) and len(calls) == 1
+    assert cached([]).shape[0] == 0
+
+    template = "a photo of a {adjective} {noun}"
+    bank = check_sources(["template"], template=template, adjectives=["red", "purple", "blue"], contexts=None,
+                         classes=["heart"], meta={"source": "world"}).bank(0, "heart")
+    texts = [b.text for b in bank]
+    images = np.vstack([easy, hard])
+    calls.clear()
+    shared = cached_embed_texts(counting)
+    for retrieval in (None, (images, 30.0)):  # the stage scores one bank for the SVM and every mode
+        plain = describe_class(bank, embed_texts, template, "heart", pre, mode, 2, 0.0, retrieval=retrieval)
+        assert describe_class(bank, shared, template, "heart", pre, mode, 2, 0.0, retrieval=retrieval) == plain
+    embedded = [t for call in calls for t in call]
+    assert sorted(embedded) == sorted(set(embedded)) and set(texts) <= set(embedded)

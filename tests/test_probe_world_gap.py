@@ -2,6 +2,7 @@
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -28,3 +29,18 @@ def test_a_bad_override_names_itself():
         probe_world_gap.with_overrides(str(REPO / "params.yaml"), ["nope.x=1"])
     with pytest.raises(Exception, match="did you mean world.train_rate"):
         probe_world_gap.with_overrides(str(REPO / "params.yaml"), ["world.train_ratee=0.1"])
+
+
+def test_the_ap_probe_scores_the_planted_subpopulation_by_svm_and_confidence():
+    p = probe_world_gap.with_overrides(str(REPO / "params.yaml"), [
+        "world.n_train=300", "world.n_val=240", "world.n_test=120", "baseline.epochs=3", "svm.min_errors=2"])
+    r = probe_world_gap.probe(p, seed=0, with_ap=True)
+    fitted = list(r["ap_per_class"]["svm"])
+    assert fitted and fitted == list(r["ap_per_class"]["confidence"])
+    assert set(fitted) <= set(p.world.classes)
+    for method in ("svm", "confidence"):
+        values = list(r["ap_per_class"][method].values())
+        assert all(0.0 <= v <= 1.0 for v in values if v == v)  # NaN: no planted test image of that class
+        finite = [v for v in values if v == v]
+        assert finite and r[f"ap_{method}"] == pytest.approx(float(np.mean(finite)))
+    assert r["ap_svm_minus_confidence"] == pytest.approx(r["ap_svm"] - r["ap_confidence"], nan_ok=True)

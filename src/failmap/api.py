@@ -121,8 +121,7 @@ def caption_directions(found: FailureDirections, embed_texts: EmbedTexts, *,
     or 'direction', the SVM on the caption's text shift. ``template``,
     ``top_k``, ``score``: params.yaml ``caption`` when None.
     """
-    from failmap.captions import CAPTION_SCORES, caption_bank, reference_caption, retrieval_scorer, \
-        score_captions, top_captions
+    from failmap.captions import CAPTION_SCORES, caption_bank, caption_scorer, reference_caption, top_captions
 
     s = _settings("caption", template=template, top_k=top_k, score=score)
     if s["score"] not in CAPTION_SCORES:
@@ -132,14 +131,9 @@ def caption_directions(found: FailureDirections, embed_texts: EmbedTexts, *,
         if name not in found.fitted():
             continue
         captions = list(bank[name]) if bank is not None else caption_bank(s["template"], name, adjectives, contexts)
-        if s["score"] == "retrieval":
-            images = found.val_embeds[found.val_labels == k]
-            bank_embeds = np.asarray(embed_texts(captions))
-            scores = retrieval_scorer(images, bank_embeds, found.svms[k].decision_function(images),
-                                      logit_scale)(bank_embeds)
-        else:
-            scores = score_captions(captions, embed_texts, reference_caption(s["template"], name),
-                                    found.preprocessor, found.svms[k])
+        retrieval = (found.val_embeds[found.val_labels == k], logit_scale) if s["score"] == "retrieval" else None
+        scores = caption_scorer(captions, embed_texts, reference_caption(s["template"], name), found.preprocessor,
+                                found.svms[k], retrieval)(captions)
         out[name] = top_captions(captions, scores, s["top_k"])
     return out
 

@@ -186,6 +186,38 @@ def retrieval_scorer(image_embeds: np.ndarray, bank_embeds: np.ndarray, decision
     return score
 
 
+def cached_embed_texts(embed_texts: EmbedTexts) -> EmbedTexts:
+    """``embed_texts`` that embeds each distinct text once: a class's bank is
+    scored against its SVM and every mode, and by retrieval also read for the
+    diversity rule; with a large CLIP on CPU each pass costs seconds."""
+    cache: dict[str, np.ndarray] = {}
+
+    def embed(texts: list[str]) -> np.ndarray:
+        texts = list(texts)
+        missing = [t for t in dict.fromkeys(texts) if t not in cache]
+        if missing:
+            cache.update(zip(missing, np.asarray(embed_texts(missing))))
+        return np.stack([cache[t] for t in texts]) if texts else np.asarray(embed_texts([]))
+
+    return embed
+
+
+def caption_scorer(bank: Sequence[str], embed_texts: EmbedTexts, reference: str, preprocessor: Preprocessor,
+                   direction: ClassSVM, retrieval: tuple[np.ndarray, float] | None = None
+                   ) -> Callable[[list[str]], np.ndarray]:
+    """A scorer of caption texts against one direction (a ``ClassSVM`` or a
+    ``modes.Mode``; negative = hard): by default the direction's decision value
+    on the caption's text shift from ``reference`` (``score_captions``);
+    with ``retrieval`` = (the class's val image embeddings, the CLIP's logit
+    scale), ``retrieval_scorer`` among ``bank``."""
+    if retrieval is None:
+        return lambda texts: score_captions(texts, embed_texts, reference, preprocessor, direction)
+    images, logit_scale = retrieval
+    score_embeds = retrieval_scorer(images, np.asarray(embed_texts(list(bank))), direction.decision_function(images),
+                                    logit_scale)
+    return lambda texts: score_embeds(np.asarray(embed_texts(list(texts))))
+
+
 def _check_scores(n: int, scores) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != (n,):
@@ -301,20 +333,10 @@ def describe_class(bank: Sequence, embed_texts: EmbedTexts, template: str, class
     decision value on their text shifts (which still set the diversity)."""
     texts = [b.text for b in bank]
     reference = reference_caption(template, class_name)
+    embed_texts = cached_embed_texts(embed_texts)
     shifts = caption_shifts(texts, embed_texts, reference, preprocessor.dim)
-    if retrieval is None:
-        scores = score_shifts(shifts, preprocessor, class_svm)
-
-        def score_texts(more: list[str]) -> np.ndarray:
-            return score_captions(more, embed_texts, reference, preprocessor, class_svm)
-    else:
-        images, logit_scale = retrieval
-        bank_embeds = np.asarray(embed_texts(texts))
-        score_embeds = retrieval_scorer(images, bank_embeds, class_svm.decision_function(images), logit_scale)
-        scores = score_embeds(bank_embeds)
-
-        def score_texts(more: list[str]) -> np.ndarray:
-            return score_embeds(embed_texts(more))
+    score_texts = caption_scorer(texts, embed_texts, reference, preprocessor, class_svm, retrieval)
+    scores = score_texts(texts)
     top = top_captions(texts, scores, k, shifts=shifts, diversity=diversity)
     index = {t: i for i, t in enumerate(texts)}
 

@@ -113,7 +113,9 @@ class EmbeddingDecoderPipeline(DiffusionPipeline):
         ``mixed_precision``: the UNet runs under bfloat16 autocast (as it was
         trained with ``decoder.train.mixed_precision``); the DDIM update stays
         float32. About 2x faster on this CPU; images differ from float32 ones
-        by ~3/255 on average (same seed).
+        by ~3/255 on average (same seed). The UNet runs channels-last (oneDNN's
+        faster convolution layout: 1.3-1.5x on the 2-core CPUs here; outputs
+        agree with the default layout to ~1e-5).
         """
         cond_all = torch.from_numpy(check_embeds(embeds, self.dim))
         if num_inference_steps < 1 or batch_size < 1:
@@ -126,6 +128,7 @@ class EmbeddingDecoderPipeline(DiffusionPipeline):
             generator = torch.Generator().manual_seed(int(seed))
         noise_all = torch.randn((len(cond_all), channels, size, size), generator=generator)
         device, dtype = self.unet.device, self.unet.dtype
+        self.unet.to(memory_format=torch.channels_last)
         guided = guidance_scale != 1.0
         precision = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if mixed_precision
                      else contextlib.nullcontext())
@@ -139,7 +142,7 @@ class EmbeddingDecoderPipeline(DiffusionPipeline):
                 cond = torch.cat([torch.zeros_like(cond), cond])
             for t in self.scheduler.timesteps:
                 model_in = torch.cat([x, x]) if guided else x
-                model_in = self.scheduler.scale_model_input(model_in, t)
+                model_in = self.scheduler.scale_model_input(model_in, t).contiguous(memory_format=torch.channels_last)
                 with precision:
                     pred = self.unet(model_in, t, **self._condition_kwargs(cond)).sample.to(x.dtype)
                 if guided:
