@@ -30,15 +30,15 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from failmap.data import subpop_mask  # noqa: E402
-from failmap.embedder import load_embedder  # noqa: E402
-from failmap.ranking import average_precision, mean_over_classes  # noqa: E402
-from failmap.shipped import CLIP_NAME, shipped_dir  # noqa: E402
-from failmap.svm import ClassSVM, decision_values, fit_all  # noqa: E402
 from failmap.device import resolve_mixed_precision  # noqa: E402
+from failmap.embedder import load_embedder  # noqa: E402
 from failmap.evaluation import accuracy_report  # noqa: E402
 from failmap.models import build_classifier  # noqa: E402
-from failmap.params import load_params, params_from_dict, as_dict  # noqa: E402
+from failmap.params import as_dict, load_params, params_from_dict  # noqa: E402
+from failmap.ranking import average_precision, mean_over_classes  # noqa: E402
+from failmap.shipped import CLIP_NAME, shipped_dir  # noqa: E402
 from failmap.study import interval  # noqa: E402
+from failmap.svm import ClassSVM, decision_values, fit_all  # noqa: E402
 from failmap.train import fit, predictions  # noqa: E402
 from failmap.world import generate_world  # noqa: E402
 
