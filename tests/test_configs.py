@@ -47,7 +47,8 @@ def test_gate_checks_name_declared_metrics_files():
 # The README's `dvc exp run -S` form of `apply configs/pretrained.yaml configs/cifar10.yaml`
 CIFAR10_SET_PARAMS = [
     "world=null", "~data", "+data={source:cifar10,root:data/raw,download:true,n_val:5000,n_pool:10000}",
-    "clip.source=open_clip", "decoder.source=unclip", "decoder.num_inference_steps=25", "decoder.guidance_scale=7.0",
+    "clip.source=open_clip", "decoder.source=unclip", "decoder.sampler=null", "decoder.num_inference_steps=25",
+    "decoder.guidance_scale=7.0", "decoder.text_sampler=null", "decoder.text_num_inference_steps=null",
     "decoder.text_guidance_scale=null", "decoder.batch_size=16", "generate.caption_weight=1.0",
     "baseline.arch=resnet18", "baseline.epochs=30", "baseline.batch_size=256", "baseline.lr=0.1"]
 

@@ -124,12 +124,23 @@ def test_text_guidance_reaches_text_conditions_only(trained):
                                   at[1.5][1])
     with pytest.raises(ValueError, match="condition kind"):
         sampling_for("audio", both)
+    # steps and sampler too: text conditions take theirs, image conditions ignore them
+    own = dict(sampler="dpm_solver", num_inference_steps=2, text_sampler="ddim", text_num_inference_steps=3)
+    assert sampling_for("text", own) == dict(sampler="ddim", num_inference_steps=3)
+    assert sampling_for("image", own) == dict(sampler="dpm_solver", num_inference_steps=2)
+    texts = dict(seed=0, show_progress=False, guidance_scale=1.5, **own)
+    np.testing.assert_array_equal(pipe.decode_texts(text_embeds[:3], **texts),
+                                  pipe.decode_texts(text_embeds[:3], **sampling_for("text", texts)))
+    assert not np.array_equal(pipe.decode_texts(text_embeds[:3], **texts),
+                              pipe.decode_texts(text_embeds[:3], **{**texts, "text_sampler": None}))
 
 
-def test_decoding_is_seeded_and_independent_of_batch_size(trained):
+@pytest.mark.parametrize("sampler", [None, "ddim", "dpm_solver"])
+def test_decoding_is_seeded_and_independent_of_batch_size(trained, sampler):
+    """Also with a multistep solver, whose state must not leak from one batch into the next."""
     pipe = load_decoder("world", trained[0], device="cpu")
     embeds = unit(np.random.default_rng(2), 5)
-    kwargs = dict(num_inference_steps=3, show_progress=False)
+    kwargs = dict(num_inference_steps=3, show_progress=False, sampler=sampler)
     a = pipe(embeds, seed=7, batch_size=5, **kwargs)
     np.testing.assert_array_equal(a, pipe(embeds, seed=7, batch_size=2, **kwargs))
     assert not np.array_equal(a, pipe(embeds, seed=8, batch_size=5, **kwargs))
@@ -157,19 +168,43 @@ def test_sampling_settings_pass_mixed_precision_to_the_world_decoder_only():
     from failmap.smoke import repo_root
     decoder = load_params(repo_root() / "params.yaml").decoder
     world = sampling_settings(decoder.model_copy(update=dict(mixed_precision=False)))
-    assert world == dict(guidance_scale=decoder.guidance_scale, text_guidance_scale=decoder.text_guidance_scale,
-                         num_inference_steps=decoder.num_inference_steps, batch_size=decoder.batch_size,
+    assert world == dict(sampler=decoder.sampler, num_inference_steps=decoder.num_inference_steps,
+                         guidance_scale=decoder.guidance_scale, text_sampler=decoder.text_sampler,
+                         text_num_inference_steps=decoder.text_num_inference_steps,
+                         text_guidance_scale=decoder.text_guidance_scale, batch_size=decoder.batch_size,
                          mixed_precision=False)
     assert "mixed_precision" not in sampling_settings(decoder.model_copy(update=dict(source="unclip")))
 
 
-def test_default_sampling_is_the_pair_the_shipped_decoder_card_chose():
+def test_default_sampling_is_what_the_selection_rule_picks_over_samplers():
+    """params.yaml samples as benchmarks/select_decoder_sampler.py chose, per condition kind, on the shipped
+    decoder's selection half (its rows re-picked here by the rule); the card's choice, over DDIM alone, is
+    among the rows."""
+    from failmap.foundation_eval import pick_sampling
     from failmap.params import load_params
     from failmap.smoke import repo_root
     decoder = load_params(repo_root() / "params.yaml").decoder
+    selection = json.loads((repo_root() / "benchmarks" / "decoder_sampling.json").read_text())
+    assert pick_sampling(selection["rows"]) == selection["pick"]
+    assert {k: getattr(decoder, k) for k in selection["pick"]} == selection["pick"]
     card = json.loads((repo_root() / "models" / "pretrained" / "world-decoder" / "card.json").read_text())
-    chosen = {k: card["sampling"][k] for k in ("guidance_scale", "text_guidance_scale", "num_inference_steps")}
-    assert {k: getattr(decoder, k) for k in chosen} == chosen
+    ddim = card["sampling"]
+    assert any(r["sampler"] == "ddim" and r["num_inference_steps"] == ddim["num_inference_steps"]
+               and r["guidance_scale"] == ddim["guidance_scale"] for r in selection["rows"])
+
+
+def test_sampling_scheduler_keeps_the_models_noise_schedule():
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    from failmap.decoders.samplers import sampling_scheduler
+    own = DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", steps_offset=1)
+    assert sampling_scheduler(own, None) is own
+    dpm = sampling_scheduler(own, "dpm_solver")
+    assert isinstance(dpm, DPMSolverMultistepScheduler) and dpm.config.algorithm_type == "dpmsolver++"
+    assert dpm.config.prediction_type == "v_prediction" and dpm.config.beta_schedule == "squaredcos_cap_v2"
+    assert isinstance(sampling_scheduler(dpm, "ddim"), DDIMScheduler)
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        sampling_scheduler(own, "euler")
 
 
 def test_save_pretrained_from_pretrained_same_images(trained, tmp_path):
@@ -343,6 +378,12 @@ def test_unclip_decoder_decodes_custom_vectors_and_captions(tiny_real_models):
     np.testing.assert_allclose(images[:1].astype(int), alone.astype(int), atol=2)
     captions = decoder.decode_captions(["a photo of a red star", "a photo of a blue circle"], **kwargs)
     assert captions.shape == (2, 32, 32, 3) and captions.dtype == np.uint8
+    # decoder.sampler swaps the pipelines' schedulers, keeping their noise schedules
+    solved = decoder.decode_images(vectors, **kwargs, sampler="dpm_solver")
+    assert type(decoder.pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert solved.shape == images.shape and not np.array_equal(solved, images)
+    decoder.decode_captions(["a photo of a red star"], **kwargs, sampler="dpm_solver")
+    assert type(decoder.text_pipe().scheduler).__name__ == "DPMSolverMultistepScheduler"
     with pytest.raises(ValueError, match="bridge"):
         decoder.decode_texts(vectors, **kwargs)
     with pytest.raises(ValueError, match=r"\(N, 8\)"):

@@ -23,8 +23,8 @@ from failmap.embedder import load_embedder
 from failmap.foundation import (CLIP_NAME, CORPUS_DIR, DECODER_NAME, METRICS_DIR, PLOTS_DIR, WORK_DIR, corpus_card,
                                 corpus_spec, export_decoder, hardware, load_corpus, load_foundation_params,
                                 built_dir, verify_card, write_card)
-from failmap.foundation_eval import (decoder_quality, decoder_summary, heldout_halves, select_sampling,
-                                     visible_mask)
+from failmap.foundation_eval import (SELECTION_SAMPLES, SELECTION_SEED_OFFSET, decoder_quality, decoder_summary,
+                                     heldout_halves, select_sampling, visible_mask)
 from failmap.io import read_json, write_json
 from failmap.models import load_classifier
 from failmap.params import as_dict
@@ -34,7 +34,6 @@ CHECKPOINT = f"{WORK_DIR}/decoder_checkpoint.pt"
 CURVE = f"{WORK_DIR}/decoder_curve.json"      # grows across resumed runs, like the checkpoint
 RUNS = f"{WORK_DIR}/decoder_runs.json"        # one row per (resumed) run: its steps, seconds and hardware
 CURVE_SAMPLES = dict(n_per_shape=8, n_heldout=96)
-SELECTION_SAMPLES = dict(n_per_shape=16, n_heldout=192)
 PER_ROW = 8                                     # real | decoded images per shape in real_vs_decoded.png
 
 
@@ -98,8 +97,8 @@ def main():
     out = export_decoder(load_decoder("world", f"{WORK_DIR}/decoder", device="cpu"), built_dir(DECODER_NAME))
     decoder = load_decoder("world", out, device="cpu")   # score what ships
     sampling, sampling_grid = select_sampling(decoder, embedder, judge, selection, spec, guidance_grid=r.guidance_grid,
-                                              steps_grid=r.steps_grid, seed=p.seed + 1000, **SELECTION_SAMPLES,
-                                              batch_size=r.batch_size, show_progress=False)
+                                              steps_grid=r.steps_grid, seed=p.seed + SELECTION_SEED_OFFSET,
+                                              **SELECTION_SAMPLES, batch_size=r.batch_size, show_progress=False)
     print(f"sampling chosen on the selection half: {sampling}", flush=True)
     quality, images = decoder_quality(decoder, embedder, judge, heldout, spec, n_per_shape=r.n_per_shape,
                                       **{**settings, **sampling})

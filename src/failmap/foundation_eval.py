@@ -151,37 +151,48 @@ def heldout_halves(heldout: dict) -> tuple[dict, dict]:
     return tuple({k: np.asarray(v)[start::2] for k, v in heldout.items() if len(v) == n} for start in (0, 1))
 
 
+SELECTION_SAMPLES = dict(n_per_shape=16, n_heldout=192)  # what each grid point of the selection decodes
+SELECTION_SEED_OFFSET = 1000                             # the selection's seed: the report's + this
+
+
 def select_sampling(decoder, embedder, judge, heldout: dict, spec, *, guidance_grid, steps_grid, seed: int,
-                    **quality_kwargs) -> tuple[dict, list[dict]]:
-    """Every (guidance, DDIM steps) of the grids scored with ``decoder_quality``
-    on ``heldout`` (the selection half). A guidance per condition kind
-    (``bridge.sampling_for``): at each step count, ``text_guidance_scale``
-    maximises the weakest prompt figure relative to its bar (min over
-    ``TEXT_BARS`` of figure / bar) and ``guidance_scale`` the weakest
-    image-embedding figure (``IMAGE_BARS``); the two kinds are decoded apart,
-    so the pair's figures are those rows' own. The step count maximises the
-    weaker kind, fewer steps on a tie (and lower guidance). Returns (the pick's
-    sampling settings, one row per grid pair)."""
+                    samplers=(None,), **quality_kwargs) -> tuple[dict, list[dict]]:
+    """Every (sampler, guidance, steps) of the grids scored with
+    ``decoder_quality`` on ``heldout`` (the selection half); ``samplers``:
+    ``failmap.decoders.samplers`` names, None for the decoder's own scheduler.
+    Returns (``pick_sampling`` of the rows, one row per grid point)."""
     from tqdm import tqdm
     rows = []
-    pairs = [(float(g), int(s)) for g in guidance_grid for s in steps_grid]
-    for g, s in tqdm(pairs, desc="select sampling", unit="setting"):
+    points = [(m, float(g), int(s)) for m in samplers for g in guidance_grid for s in steps_grid]
+    for m, g, s in tqdm(points, desc="select sampling", unit="setting"):
         report, _ = decoder_quality(decoder, embedder, judge, heldout, spec, seed=seed, guidance_scale=g,
-                                    num_inference_steps=s, **quality_kwargs)
-        figures = decoder_summary(report)
-        rows.append(dict(guidance_scale=g, num_inference_steps=s, **figures,
-                         **{f"weakest_{kind}_vs_bar": min(figures[k] / DECODER_BARS[k] for k in bars)
-                            for kind, bars in (("text", TEXT_BARS), ("image", IMAGE_BARS))}))
+                                    num_inference_steps=s, sampler=m, **quality_kwargs)
+        rows.append(sampling_row(decoder_summary(report), guidance_scale=g, num_inference_steps=s, sampler=m))
+    return pick_sampling(rows), rows
 
-    def best(candidates: list[dict], kind: str) -> dict:
-        return max(candidates, key=lambda r: (r[f"weakest_{kind}_vs_bar"], -r["guidance_scale"]))
 
-    picks = []
-    for s in sorted({r["num_inference_steps"] for r in rows}):
-        at_s = [r for r in rows if r["num_inference_steps"] == s]
-        text, image = best(at_s, "text"), best(at_s, "image")
-        picks.append(dict(guidance_scale=image["guidance_scale"], text_guidance_scale=text["guidance_scale"],
-                          num_inference_steps=s, weakest=min(text["weakest_text_vs_bar"],
-                                                             image["weakest_image_vs_bar"])))
-    pick = max(picks, key=lambda r: (r["weakest"], -r["num_inference_steps"]))
-    return {k: v for k, v in pick.items() if k != "weakest"}, rows
+def sampling_row(figures: dict, **setting) -> dict:
+    """One grid point's figures and, per condition kind, its weakest figure relative to its bar."""
+    return dict(**setting, **figures,
+                **{f"weakest_{kind}_vs_bar": min(figures[k] / DECODER_BARS[k] for k in bars)
+                   for kind, bars in (("text", TEXT_BARS), ("image", IMAGE_BARS))})
+
+
+def pick_sampling(rows: list[dict]) -> dict:
+    """The sampling settings the rows (``select_sampling``'s) choose, one per
+    condition kind (``bridge.sampling_for``: the two kinds are decoded apart,
+    so each kind's figures are its rows' own). For image embeddings
+    (``decode_images``) the row whose weakest image-embedding figure relative
+    to its bar (min over ``IMAGE_BARS`` of figure / bar) is highest; for text
+    prompts (``decode_captions`` / ``decode_texts``) the one whose weakest
+    prompt figure (``TEXT_BARS``) is. Fewer steps on a tie, then lower
+    guidance. The rows' ``sampler`` (None: the decoder's own scheduler) comes
+    with each kind's pick only when the rows name one."""
+    def best(kind: str) -> dict:
+        return max(rows, key=lambda r: (r[f"weakest_{kind}_vs_bar"], -r["num_inference_steps"], -r["guidance_scale"]))
+
+    image, text = best("image"), best("text")
+    pick = dict(sampler=image.get("sampler"), num_inference_steps=image["num_inference_steps"],
+                guidance_scale=image["guidance_scale"], text_sampler=text.get("sampler"),
+                text_num_inference_steps=text["num_inference_steps"], text_guidance_scale=text["guidance_scale"])
+    return {k: v for k, v in pick.items() if not (k.endswith("sampler") and v is None)}

@@ -202,9 +202,12 @@ class Decoder(Section):
     source: Literal["world", "corpus", "unclip"]
     model: Text
     text_model: Text
+    sampler: Optional[Literal["ddim", "dpm_solver"]]  # null: the model's own scheduler (decoders.samplers)
     num_inference_steps: Size
     guidance_scale: NonNegative
-    text_guidance_scale: Optional[NonNegative]  # null: guidance_scale (decoders.bridge.sampling_for)
+    text_sampler: Optional[Literal["ddim", "dpm_solver"]]  # text conditions; null: sampler (bridge.sampling_for)
+    text_num_inference_steps: Optional[Size]    # null: num_inference_steps
+    text_guidance_scale: Optional[NonNegative]  # null: guidance_scale
     batch_size: Size
     mixed_precision: MixedPrecision
     device: Device

@@ -20,8 +20,9 @@ imports it):
 - ``sphere``: unit-sphere geometry and the input check (numpy);
 - ``bridge``: the modality bridge (numpy);
 - ``images``: float tensors -> uint8 images;
+- ``samplers``: the scheduler a decoder draws with (``decoder.sampler``);
 - ``world``: ``EmbeddingDecoderPipeline``, the small diffusion model the
-  embedded world trains for itself (model + DDIM sampling);
+  embedded world trains for itself (model + sampling);
 - ``unclip``: ``UnclipDecoder`` around pretrained Stable unCLIP;
 - ``training``: trains and saves the world decoder (diffusers' EMA and SNR);
 - ``quality``: does a decoder draw what a caption says (the quality bars);

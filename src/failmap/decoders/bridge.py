@@ -47,18 +47,24 @@ class ModalityBridge:
         return normalize(text_embeds - self.mean_text + self.mean_image, "bridged text_embeds")
 
 
+# a text condition's own sampling setting (None or absent: the image conditions') -> the setting it replaces
+TEXT_SETTINGS = {"text_guidance_scale": "guidance_scale", "text_num_inference_steps": "num_inference_steps",
+                 "text_sampler": "sampler"}
+
+
 def sampling_for(kind: str, settings: dict) -> dict:
     """A decoder's sampling keyword arguments for conditions of ``kind``:
     "image" (image embeddings and points between them and a direction) or
     "text" (caption embeddings through the bridge, or the words themselves).
-    ``text_guidance_scale`` (absent or None: ``guidance_scale``) is the
-    guidance of text conditions: measured on the world decoder, prompts want a
-    stronger push than image embeddings, which over-saturate under it
-    (benchmarks/foundation_models.md)."""
+    Text conditions take ``text_guidance_scale``, ``text_num_inference_steps``
+    and ``text_sampler`` where given (absent or None: the image conditions'):
+    measured on the world decoder, prompts want a stronger push than image
+    embeddings, which over-saturate under it (benchmarks/foundation_models.md),
+    and more steps (benchmarks/decoder_sampling.json)."""
     if kind not in ("image", "text"):
         raise ValueError(f"condition kind must be 'image' or 'text', got {kind!r}")
     settings = dict(settings)
-    text_guidance = settings.pop("text_guidance_scale", None)
-    if kind == "text" and text_guidance is not None:
-        settings["guidance_scale"] = text_guidance
+    own = {base: settings.pop(key, None) for key, base in TEXT_SETTINGS.items()}
+    if kind == "text":
+        settings.update({base: value for base, value in own.items() if value is not None})
     return settings

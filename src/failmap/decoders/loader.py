@@ -56,8 +56,9 @@ def sampling_settings(decoder_params) -> dict:
     every stage that decodes (``mixed_precision`` only for the world decoder:
     an unCLIP pipeline runs in the dtype it was loaded with)."""
     d = decoder_params
-    settings = dict(guidance_scale=d.guidance_scale, text_guidance_scale=d.text_guidance_scale,
-                    num_inference_steps=d.num_inference_steps, batch_size=d.batch_size)
+    settings = dict(sampler=d.sampler, num_inference_steps=d.num_inference_steps, guidance_scale=d.guidance_scale,
+                    text_sampler=d.text_sampler, text_num_inference_steps=d.text_num_inference_steps,
+                    text_guidance_scale=d.text_guidance_scale, batch_size=d.batch_size)
     if d.source != "unclip":
         from failmap.device import resolve_device, resolve_mixed_precision
         settings["mixed_precision"] = resolve_mixed_precision(d.mixed_precision, resolve_device(d.device))

@@ -23,8 +23,9 @@ import torch
 from diffusers import StableDiffusionPipeline, StableUnCLIPImg2ImgPipeline
 from tqdm.auto import tqdm
 
-from failmap.decoders.bridge import ModalityBridge, sampling_for
+from failmap.decoders.bridge import TEXT_SETTINGS, ModalityBridge, sampling_for
 from failmap.decoders.images import to_uint8_images
+from failmap.decoders.samplers import sampling_scheduler
 from failmap.decoders.sphere import check_embeds
 
 # The CLIP space each public Stable unCLIP checkpoint conditions on, named as
@@ -34,6 +35,13 @@ KNOWN_SPACES = {
     "stabilityai/stable-diffusion-2-1-unclip-small": "open_clip:ViT-L-14:openai",
     "stabilityai/stable-diffusion-2-1-unclip": "open_clip:ViT-H-14:laion2b_s32b_b79k",
 }
+
+
+def _check_text_settings(settings: dict) -> None:
+    unknown = set(settings) - set(TEXT_SETTINGS)
+    if unknown:
+        raise TypeError(f"unknown sampling settings {sorted(unknown)}: expected the image conditions' and "
+                        f"{sorted(TEXT_SETTINGS)}")
 
 
 class UnclipDecoder:
@@ -84,9 +92,12 @@ class UnclipDecoder:
     # ------------------------------------------------------------- vectors
     def decode_images(self, embeds: np.ndarray, *, guidance_scale: float = 3.0, num_inference_steps: int = 25,
                       seed: int = 0, batch_size: int = 8, show_progress: bool = True,
-                      text_guidance_scale: float | None = None) -> np.ndarray:
+                      sampler: str | None = None, **text_settings) -> np.ndarray:
         """(N, D) vectors (normalised, then rescaled to the encoder's typical norm) -> uint8 images,
-        at ``guidance_scale`` (``text_guidance_scale`` is the text conditions', ``bridge.sampling_for``)."""
+        at ``guidance_scale`` with ``sampler`` (``failmap.decoders.samplers``; None: the pipeline's own
+        scheduler); ``text_settings`` (``text_guidance_scale`` ...) are the text conditions'
+        (``bridge.sampling_for``)."""
+        _check_text_settings(text_settings)
         embeds = torch.from_numpy(check_embeds(embeds, self.dim)) * self.embedding_norm
 
         def draw(pipe, batch: slice, latents: torch.Tensor) -> torch.Tensor:
@@ -95,7 +106,7 @@ class UnclipDecoder:
                         guidance_scale=guidance_scale, noise_level=self.noise_level, latents=latents,
                         generator=torch.Generator().manual_seed(seed + batch.start), output_type="pt").images
         return self._decode_batches(self.pipe, draw, len(embeds), seed=seed, batch_size=batch_size,
-                                    desc="decode (unCLIP)", show_progress=show_progress)
+                                    desc="decode (unCLIP)", show_progress=show_progress, sampler=sampler)
 
     def to_image_space(self, text_embeds: np.ndarray) -> np.ndarray:
         if self.bridge is None:
@@ -120,11 +131,15 @@ class UnclipDecoder:
     def decode_captions(self, captions: list[str], text_embeds: np.ndarray | None = None, *,
                         guidance_scale: float = 3.0, num_inference_steps: int = 25, seed: int = 0,
                         batch_size: int = 8, show_progress: bool = True,
-                        text_guidance_scale: float | None = None) -> np.ndarray:
-        """Text-to-image from the words themselves (``text_embeds`` is not needed here), at
-        ``text_guidance_scale`` where given, else ``guidance_scale``."""
-        guidance_scale = sampling_for("text", dict(guidance_scale=guidance_scale,
-                                                   text_guidance_scale=text_guidance_scale))["guidance_scale"]
+                        sampler: str | None = None, **text_settings) -> np.ndarray:
+        """Text-to-image from the words themselves (``text_embeds`` is not needed here), at the text
+        conditions' settings where given (``text_guidance_scale`` ..., ``bridge.sampling_for``), else
+        ``guidance_scale``, ``num_inference_steps`` and ``sampler``."""
+        _check_text_settings(text_settings)
+        text = sampling_for("text", dict(guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
+                                         sampler=sampler, **text_settings))
+        guidance_scale, num_inference_steps, sampler = (text[k] for k in ("guidance_scale", "num_inference_steps",
+                                                                          "sampler"))
         if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
             raise ValueError("captions must be a list of strings")
         if text_embeds is not None and len(text_embeds) != len(captions):
@@ -134,12 +149,15 @@ class UnclipDecoder:
             return pipe(prompt=list(captions[batch]), num_inference_steps=num_inference_steps,
                         guidance_scale=guidance_scale, latents=latents, output_type="pt").images
         return self._decode_batches(self.text_pipe(), draw, len(captions), seed=seed, batch_size=batch_size,
-                                    desc="decode (text-to-image)", show_progress=show_progress)
+                                    desc="decode (text-to-image)", show_progress=show_progress, sampler=sampler)
 
     def _decode_batches(self, pipe, draw, n: int, *, seed: int, batch_size: int, desc: str,
-                        show_progress: bool) -> np.ndarray:
+                        show_progress: bool, sampler: str | None = None) -> np.ndarray:
         """``draw(pipe, batch, latents)`` -> images in [0, 1] for each batch (a slice of the n
-        inputs), from starting latents drawn once for all n; -> uint8 (n, S, S, 3)."""
+        inputs), from starting latents drawn once for all n; -> uint8 (n, S, S, 3). ``sampler``
+        replaces the pipeline's scheduler (built from its config: the pipeline's own is kept
+        for None)."""
+        pipe.scheduler = sampling_scheduler(pipe.scheduler, sampler)
         side = pipe.unet.config.sample_size * pipe.vae_scale_factor
         latents = self._initial_latents(n, pipe.unet.config.in_channels, side // pipe.vae_scale_factor, seed)
         out = []
