@@ -471,6 +471,7 @@ def test_cached_embed_texts_embeds_each_text_once_and_describe_class_reads_the_b
     assert np.array_equal(out, embed_texts(["a", "red", "a", "purple"])) and calls == [["a", "red", "purple"]]
     assert np.array_equal(cached(["purple", "red"]), embed_texts(["purple", "red"])) and len(calls) == 1
     assert cached([]).shape[0] == 0
+    assert cached_embed_texts(cached) is cached  # one cache, not one wrapped in another
 
     template = "a photo of a {adjective} {noun}"
     bank = check_sources(["template"], template=template, adjectives=["red", "purple", "blue"], contexts=None,

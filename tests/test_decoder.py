@@ -177,9 +177,8 @@ def test_sampling_settings_pass_mixed_precision_to_the_world_decoder_only():
 
 
 def test_default_sampling_is_what_the_selection_rule_picks_over_samplers():
-    """params.yaml samples as benchmarks/select_decoder_sampler.py chose, per condition kind, on the shipped
-    decoder's selection half (its rows re-picked here by the rule); the card's choice, over DDIM alone, is
-    among the rows."""
+    """params.yaml samples as benchmarks/select_decoder_sampler.py chose on the shipped decoder's selection
+    half over DDIM and DPM-Solver++ (its rows re-picked here by the rule): the card's own choice."""
     from failmap.foundation_eval import pick_sampling
     from failmap.params import load_params
     from failmap.smoke import repo_root
@@ -187,10 +186,10 @@ def test_default_sampling_is_what_the_selection_rule_picks_over_samplers():
     selection = json.loads((repo_root() / "benchmarks" / "decoder_sampling.json").read_text())
     assert pick_sampling(selection["rows"]) == selection["pick"]
     assert {k: getattr(decoder, k) for k in selection["pick"]} == selection["pick"]
+    assert decoder.text_sampler is None and decoder.text_num_inference_steps is None
     card = json.loads((repo_root() / "models" / "pretrained" / "world-decoder" / "card.json").read_text())
-    ddim = card["sampling"]
-    assert any(r["sampler"] == "ddim" and r["num_inference_steps"] == ddim["num_inference_steps"]
-               and r["guidance_scale"] == ddim["guidance_scale"] for r in selection["rows"])
+    assert {k: card["sampling"][k] for k in ("num_inference_steps", "guidance_scale", "text_guidance_scale")} == \
+        {k: selection["pick"][k] for k in ("num_inference_steps", "guidance_scale", "text_guidance_scale")}
 
 
 def test_sampling_scheduler_keeps_the_models_noise_schedule():

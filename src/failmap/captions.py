@@ -119,14 +119,6 @@ def caption_shifts(captions: Sequence[str], embed_texts: EmbedTexts, reference_c
     return embeddings[:-1] - embeddings[-1]
 
 
-def score_shifts(shifts: np.ndarray, preprocessor: Preprocessor, class_svm: ClassSVM,
-                 subtract_mean: bool = True) -> np.ndarray:
-    """SVM decision value of caption shifts (``caption_shifts``); see ``score_captions``."""
-    if preprocessor.dim != len(class_svm.weight):
-        raise ValueError(f"preprocessor has dimension {preprocessor.dim} but the SVM weight has {len(class_svm.weight)}")
-    return class_svm.decision_function_preprocessed(preprocessor.transform(shifts, subtract_mean=subtract_mean))
-
-
 def score_captions(captions: Sequence[str], embed_texts: EmbedTexts, reference_caption: str,
                    preprocessor: Preprocessor, class_svm: ClassSVM, subtract_mean: bool = True) -> np.ndarray:
     """SVM decision value of each caption's text embedding minus the reference caption's.
@@ -149,7 +141,7 @@ def score_captions(captions: Sequence[str], embed_texts: EmbedTexts, reference_c
     if preprocessor.dim != len(class_svm.weight):
         raise ValueError(f"preprocessor has dimension {preprocessor.dim} but the SVM weight has {len(class_svm.weight)}")
     shifts = caption_shifts(captions, embed_texts, reference_caption, preprocessor.dim)
-    return score_shifts(shifts, preprocessor, class_svm, subtract_mean)
+    return class_svm.decision_function_preprocessed(preprocessor.transform(shifts, subtract_mean=subtract_mean))
 
 
 def retrieval_scorer(image_embeds: np.ndarray, bank_embeds: np.ndarray, decision: np.ndarray,
@@ -189,7 +181,10 @@ def retrieval_scorer(image_embeds: np.ndarray, bank_embeds: np.ndarray, decision
 def cached_embed_texts(embed_texts: EmbedTexts) -> EmbedTexts:
     """``embed_texts`` that embeds each distinct text once: a class's bank is
     scored against its SVM and every mode, and by retrieval also read for the
-    diversity rule; with a large CLIP on CPU each pass costs seconds."""
+    diversity rule; with a large CLIP on CPU each pass costs seconds. An
+    embedder this returned comes back as it is (one cache, not two)."""
+    if getattr(embed_texts, "embeds_each_text_once", False):
+        return embed_texts
     cache: dict[str, np.ndarray] = {}
 
     def embed(texts: list[str]) -> np.ndarray:
@@ -199,6 +194,7 @@ def cached_embed_texts(embed_texts: EmbedTexts) -> EmbedTexts:
             cache.update(zip(missing, np.asarray(embed_texts(missing))))
         return np.stack([cache[t] for t in texts]) if texts else np.asarray(embed_texts([]))
 
+    embed.embeds_each_text_once = True
     return embed
 
 

@@ -179,20 +179,24 @@ def sampling_row(figures: dict, **setting) -> dict:
 
 
 def pick_sampling(rows: list[dict]) -> dict:
-    """The sampling settings the rows (``select_sampling``'s) choose, one per
-    condition kind (``bridge.sampling_for``: the two kinds are decoded apart,
-    so each kind's figures are its rows' own). For image embeddings
-    (``decode_images``) the row whose weakest image-embedding figure relative
-    to its bar (min over ``IMAGE_BARS`` of figure / bar) is highest; for text
-    prompts (``decode_captions`` / ``decode_texts``) the one whose weakest
-    prompt figure (``TEXT_BARS``) is. Fewer steps on a tie, then lower
-    guidance. The rows' ``sampler`` (None: the decoder's own scheduler) comes
-    with each kind's pick only when the rows name one."""
-    def best(kind: str) -> dict:
-        return max(rows, key=lambda r: (r[f"weakest_{kind}_vs_bar"], -r["num_inference_steps"], -r["guidance_scale"]))
+    """The sampling settings the rows (``select_sampling``'s) choose. A
+    guidance per condition kind (``bridge.sampling_for``): at each (sampler,
+    step count), ``text_guidance_scale`` maximises the weakest prompt figure
+    relative to its bar (min over ``TEXT_BARS`` of figure / bar) and
+    ``guidance_scale`` the weakest image-embedding figure (``IMAGE_BARS``);
+    the two kinds are decoded apart, so the pair's figures are those rows'
+    own. The (sampler, step count) maximises the weaker kind, fewer steps on a
+    tie (and lower guidance). A row without ``sampler`` used the decoder's own
+    scheduler; the pick names its sampler only when the rows name one."""
+    def best(candidates: list[dict], kind: str) -> dict:
+        return max(candidates, key=lambda r: (r[f"weakest_{kind}_vs_bar"], -r["guidance_scale"]))
 
-    image, text = best("image"), best("text")
-    pick = dict(sampler=image.get("sampler"), num_inference_steps=image["num_inference_steps"],
-                guidance_scale=image["guidance_scale"], text_sampler=text.get("sampler"),
-                text_num_inference_steps=text["num_inference_steps"], text_guidance_scale=text["guidance_scale"])
-    return {k: v for k, v in pick.items() if not (k.endswith("sampler") and v is None)}
+    picks = []
+    for m, s in sorted({(r.get("sampler"), r["num_inference_steps"]) for r in rows}, key=lambda k: (k[1], str(k[0]))):
+        at = [r for r in rows if (r.get("sampler"), r["num_inference_steps"]) == (m, s)]
+        text, image = best(at, "text"), best(at, "image")
+        picks.append(dict(sampler=m, num_inference_steps=s, guidance_scale=image["guidance_scale"],
+                          text_guidance_scale=text["guidance_scale"],
+                          weakest=min(text["weakest_text_vs_bar"], image["weakest_image_vs_bar"])))
+    pick = max(picks, key=lambda r: (r["weakest"], -r["num_inference_steps"]))
+    return {k: v for k, v in pick.items() if k != "weakest" and not (k == "sampler" and v is None)}

@@ -60,7 +60,8 @@ def sampling_for(kind: str, settings: dict) -> dict:
     and ``text_sampler`` where given (absent or None: the image conditions'):
     measured on the world decoder, prompts want a stronger push than image
     embeddings, which over-saturate under it (benchmarks/foundation_models.md),
-    and more steps (benchmarks/decoder_sampling.json)."""
+    and more steps than image embeddings need under DPM-Solver++
+    (benchmarks/decoder_sampling.json)."""
     if kind not in ("image", "text"):
         raise ValueError(f"condition kind must be 'image' or 'text', got {kind!r}")
     settings = dict(settings)

@@ -4,8 +4,9 @@ the noise schedule and prediction type it was trained with carry over.
 
 - ``ddim``: DDIM, eta 0 (what the world decoder ships with).
 - ``dpm_solver``: DPM-Solver++ (2M), the second-order multistep solver of
-  Lu et al. 2022: about as good in half the steps (on the world decoder's
-  selection half, 5 steps matched DDIM's 10: benchmarks/decoder_sampling.md).
+  Lu et al. 2022: on the world decoder's selection half, 5 steps matched
+  DDIM's 10 on image embeddings and fell just short on text prompts
+  (benchmarks/decoder_sampling.json).
 - ``None``: the model's own scheduler, unchanged.
 """
 from __future__ import annotations
