@@ -109,13 +109,13 @@ class EmbeddingDecoderPipeline(DiffusionPipeline):
 
         The shipped scheduler (DDIM, eta 0) or ``sampler``
         (``failmap.decoders.samplers``), from Gaussian noise drawn on the CPU
-        for all N images up front, from ``generator`` or else from ``seed``: image i depends only
-        on its vector and the seed, not on ``batch_size`` or the device.
-        ``guidance_scale`` w: eps = eps(0) + w (eps(c) - eps(0)); 1 disables it.
-        ``mixed_precision``: the UNet runs under bfloat16 autocast (as it was
-        trained with ``decoder.train.mixed_precision``); the scheduler's
-        update stays float32. About 2x faster on this CPU; images differ from float32 ones
-        by ~3/255 on average (same seed). The UNet runs channels-last (oneDNN's
+        for all N images up front, from ``generator`` or else from ``seed``:
+        image i depends only on its vector and the seed, not on ``batch_size``
+        or the device. ``guidance_scale`` w: eps = eps(0) + w (eps(c) - eps(0));
+        1 disables it. ``mixed_precision``: the UNet runs under bfloat16
+        autocast (as it was trained with ``decoder.train.mixed_precision``);
+        the scheduler's update stays float32. About 2x faster on this CPU;
+        images differ from float32 ones by ~3/255 on average (same seed). The UNet runs channels-last (oneDNN's
         faster convolution layout: the generate stage 1.2-1.3x faster at two
         threads on the 2-core AMD EPYC, ~1.05x at one; outputs agree with the
         default layout to ~1e-5).
