@@ -23,7 +23,7 @@ import torch
 from diffusers import StableDiffusionPipeline, StableUnCLIPImg2ImgPipeline
 from tqdm.auto import tqdm
 
-from failmap.decoders.bridge import TEXT_SETTINGS, ModalityBridge, sampling_for
+from failmap.decoders.bridge import ModalityBridge, sampling_for
 from failmap.decoders.images import to_uint8_images
 from failmap.decoders.samplers import sampling_scheduler
 from failmap.decoders.sphere import check_embeds
@@ -35,13 +35,6 @@ KNOWN_SPACES = {
     "stabilityai/stable-diffusion-2-1-unclip-small": "open_clip:ViT-L-14:openai",
     "stabilityai/stable-diffusion-2-1-unclip": "open_clip:ViT-H-14:laion2b_s32b_b79k",
 }
-
-
-def _check_text_settings(settings: dict) -> None:
-    unknown = set(settings) - set(TEXT_SETTINGS)
-    if unknown:
-        raise TypeError(f"unknown sampling settings {sorted(unknown)}: expected the image conditions' and "
-                        f"{sorted(TEXT_SETTINGS)}")
 
 
 class UnclipDecoder:
@@ -92,12 +85,12 @@ class UnclipDecoder:
     # ------------------------------------------------------------- vectors
     def decode_images(self, embeds: np.ndarray, *, guidance_scale: float = 3.0, num_inference_steps: int = 25,
                       seed: int = 0, batch_size: int = 8, show_progress: bool = True,
-                      sampler: str | None = None, **text_settings) -> np.ndarray:
+                      sampler: str | None = None, text_sampler: str | None = None,
+                      text_num_inference_steps: int | None = None,
+                      text_guidance_scale: float | None = None) -> np.ndarray:
         """(N, D) vectors (normalised, then rescaled to the encoder's typical norm) -> uint8 images,
         at ``guidance_scale`` with ``sampler`` (``failmap.decoders.samplers``; None: the pipeline's own
-        scheduler); ``text_settings`` (``text_guidance_scale`` ...) are the text conditions'
-        (``bridge.sampling_for``)."""
-        _check_text_settings(text_settings)
+        scheduler); the ``text_*`` settings are the text conditions' (``bridge.sampling_for``)."""
         embeds = torch.from_numpy(check_embeds(embeds, self.dim)) * self.embedding_norm
 
         def draw(pipe, batch: slice, latents: torch.Tensor) -> torch.Tensor:
@@ -131,13 +124,16 @@ class UnclipDecoder:
     def decode_captions(self, captions: list[str], text_embeds: np.ndarray | None = None, *,
                         guidance_scale: float = 3.0, num_inference_steps: int = 25, seed: int = 0,
                         batch_size: int = 8, show_progress: bool = True,
-                        sampler: str | None = None, **text_settings) -> np.ndarray:
+                        sampler: str | None = None, text_sampler: str | None = None,
+                        text_num_inference_steps: int | None = None,
+                        text_guidance_scale: float | None = None) -> np.ndarray:
         """Text-to-image from the words themselves (``text_embeds`` is not needed here), at the text
-        conditions' settings where given (``text_guidance_scale`` ..., ``bridge.sampling_for``), else
-        ``guidance_scale``, ``num_inference_steps`` and ``sampler``."""
-        _check_text_settings(text_settings)
+        conditions' settings where given (``text_*``, ``bridge.sampling_for``), else ``guidance_scale``,
+        ``num_inference_steps`` and ``sampler``."""
         text = sampling_for("text", dict(guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
-                                         sampler=sampler, **text_settings))
+                                         sampler=sampler, text_sampler=text_sampler,
+                                         text_num_inference_steps=text_num_inference_steps,
+                                         text_guidance_scale=text_guidance_scale))
         guidance_scale, num_inference_steps, sampler = (text[k] for k in ("guidance_scale", "num_inference_steps",
                                                                           "sampler"))
         if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):

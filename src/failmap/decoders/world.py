@@ -115,10 +115,10 @@ class EmbeddingDecoderPipeline(DiffusionPipeline):
         1 disables it. ``mixed_precision``: the UNet runs under bfloat16
         autocast (as it was trained with ``decoder.train.mixed_precision``);
         the scheduler's update stays float32. About 2x faster on this CPU;
-        images differ from float32 ones by ~3/255 on average (same seed). The UNet runs channels-last (oneDNN's
-        faster convolution layout: the generate stage 1.2-1.3x faster at two
-        threads on the 2-core AMD EPYC, ~1.05x at one; outputs agree with the
-        default layout to ~1e-5).
+        images differ from float32 ones by ~3/255 on average (same seed). The
+        UNet runs channels-last (oneDNN's faster convolution layout: the
+        generate stage 1.2-1.3x faster at two threads on the 2-core AMD EPYC,
+        ~1.05x at one; outputs agree with the default layout to ~1e-5).
         """
         cond_all = torch.from_numpy(check_embeds(embeds, self.dim))
         if num_inference_steps < 1 or batch_size < 1:
