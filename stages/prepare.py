@@ -9,7 +9,10 @@ from failmap.world import generate_world
 def build(p):
     d = p.data
     if d.source == "world":
-        return generate_world(seed=p.seed, **p.world.model_dump())  # every world: key is an argument
+        world = p.world.model_dump()  # every world: key is an argument
+        if not p.uses_corpus:  # no stage would read the corpus split: not drawn (the other splits are the same)
+            world["n_corpus"] = 0
+        return generate_world(seed=p.seed, **world)
     if d.source == "cifar10":
         return prepare_cifar10(d.root, d.download, d.n_val, d.n_pool, p.seed)
     if d.source == "cifar100_superclass":

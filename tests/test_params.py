@@ -56,6 +56,17 @@ def test_loaded_default_params_are_exactly_params_yaml():
     assert params_from_dict(as_dict(params)) == params
 
 
+@pytest.mark.parametrize("key, value", [("clip.source", "corpus"), ("decoder.source", "corpus"),
+                                        ("caption.sources", ["template", "corpus"])])
+def test_a_stage_that_reads_the_corpus_makes_prepare_render_it(key, value):
+    assert not load_params(REAL).uses_corpus  # the default world: shipped models, template captions
+    section, name = key.split(".")
+    raw = {**DEFAULT, section: {**DEFAULT[section], name: value}}
+    if key == "clip.source":  # the shipped decoder draws from the shipped CLIP only
+        raw["decoder"] = {**DEFAULT["decoder"], "source": "corpus"}
+    assert params_from_dict(raw).uses_corpus
+
+
 def test_partial_file_is_laid_over_params_yaml(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("seed: 7\nworld:\n  n_train: 60\nclip:\n  train:\n    steps: 3\n")

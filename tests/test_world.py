@@ -261,3 +261,11 @@ def test_params_check_superclass_worlds():
             params_from_dict(overlay(default, {"world": {**ok["world"], **change}}))
     with pytest.raises(ParamsError, match="world.rare_members .*null unless world.superclasses is set"):
         params_from_dict(overlay(default, {"world": {"rare_members": ["circle"] * 6}}))
+
+
+def test_a_world_without_corpus_draws_the_same_other_splits(world):
+    bare = generate_world(seed=3, **{**SMALL, "n_corpus": 0})
+    assert "corpus" not in bare.splits and set(bare.splits) == set(world.splits) - {"corpus"}
+    for name, split in bare.splits.items():
+        assert np.array_equal(split.images, world.splits[name].images)
+    assert bare.ground_truth == [row for row in world.ground_truth if row["split"] != "corpus"]

@@ -319,6 +319,13 @@ class Params(Section):
     evaluate: Evaluate
     tracking: Tracking
     compute: Compute
+
+    @property
+    def uses_corpus(self) -> bool:
+        """Whether a stage reads the data's captioned corpus split: pretrain_clip or pretrain_decoder training
+        on it (clip.source / decoder.source corpus) or the caption bank drawing on it (caption.sources)."""
+        return "corpus" in (self.clip.source, self.decoder.source, *self.caption.sources)
+
     @model_validator(mode="after")
     def _cross_sections(self):
         source = self.data.source

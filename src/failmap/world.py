@@ -368,7 +368,8 @@ def generate_world(*, classes, colours, contexts, n_train, n_val, n_test, n_pool
                    noise, min_size, max_size, seed, min_contrast: float = MIN_CONTRAST,
                    eval_confuser_rate: float | None = None, superclasses=None, rare_members=None,
                    min_planted_distance: float = 0.0) -> Prepared:
-    """The whole world: train/val/test/pool/corpus splits, meta and ground truth.
+    """The whole world: train/val/test/pool/corpus splits, meta and ground truth
+    (``n_corpus`` 0: no corpus split, for a run whose stages read none).
     ``superclasses`` (one list of member shapes per class) makes it the
     superclass world (module docstring); ``rare_members`` null draws them."""
     if superclasses is None:
@@ -403,7 +404,9 @@ def generate_world(*, classes, colours, contexts, n_train, n_val, n_test, n_pool
                   eval_confuser_rate=eval_confuser_rate, superclasses=superclasses, rare_members=rare_members)
     splits, truth = {}, []
     sizes = dict(train=n_train, val=n_val, test=n_test, pool=n_pool, corpus=n_corpus)
-    for index, (name, n) in enumerate(sizes.items()):
+    for index, (name, n) in enumerate(sizes.items()):  # each split its own random stream (split_index)
+        if name == CORPUS and n == 0:  # no corpus split: the others are drawn as they are with one
+            continue
         splits[name], rows = sample_split(name, n, split_index=index, **common)
         truth += rows
     phrase = (lambda v: CONTEXT_PHRASE[v]) if planted_attribute == "context" else (lambda v: v)
