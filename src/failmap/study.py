@@ -233,8 +233,12 @@ def table_markdown(table: Mapping[str, dict], digits: int = 3) -> str:
 
 
 # ------------------------------------------------------------------ running
-# how long a study waits on Queued experiments (none Running) while no queue worker runs
-WORKER_GONE_SECONDS = 180.0
+# how long a study waits on Queued experiments (none Running) while no queue worker runs. A live worker takes the
+# next experiment within seconds; a dead one never will: DVC's temporary worker stops itself when its monitor's
+# check (every 10 s) finds no task, and a check that falls just as the worker receives one stops it after that
+# experiment (measured: "Got shutdown from remote" at the second its first task arrived; 3.5 idle minutes of a
+# study at the 180 s this was before)
+WORKER_GONE_SECONDS = 60.0
 # how often it then starts the queue again before giving up: a worker can die between experiments (measured:
 # DVC's celery worker read an empty broker message, "JSONDecodeError: Expecting value", and exited with three
 # experiments still queued)
