@@ -58,7 +58,7 @@ def test_loaded_default_params_are_exactly_params_yaml():
 
 @pytest.mark.parametrize("key, value", [("clip.source", "corpus"), ("decoder.source", "corpus"),
                                         ("caption.sources", ["template", "corpus"])])
-def test_a_stage_that_reads_the_corpus_makes_prepare_render_it(key, value):
+def test_uses_corpus_is_set_by_each_stage_that_reads_the_corpus(key, value):
     assert not load_params(REAL).uses_corpus  # the default world: shipped models, template captions
     section, name = key.split(".")
     raw = {**DEFAULT, section: {**DEFAULT[section], name: value}}
