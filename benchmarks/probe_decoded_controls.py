@@ -29,6 +29,7 @@ from failmap.models import load_classifier
 from failmap.params import load_params
 from failmap.predictions import load_predictions
 from failmap.stage import BASELINE_MODEL, BASELINE_PREDICTIONS, DECODER_DIR, EMBEDDINGS, METRICS, PREPARED
+from failmap.study import largest_alpha
 
 
 def main() -> None:
@@ -52,8 +53,8 @@ def main() -> None:
         labels.append(np.full(len(rows), k))
     model, _ = load_classifier(BASELINE_MODEL, "cpu")
     control = accuracy_on_generated(model, np.concatenate(images), np.concatenate(labels), "cpu", classes)
-    stage = read_json(f"{METRICS}/generated.json")["eval"]
-    largest = max(stage["alphas"], key=lambda a: float(a.split("_")[1]))
+    generated = read_json(f"{METRICS}/generated.json")
+    stage, largest = generated["eval"], largest_alpha(generated)  # the alpha the study's decoded figures read
     print(json.dumps({"seed": p.seed, "planted_attribute": p.world.planted_attribute if p.world else None,
                       "decoded_right_val_images": round(control["accuracy"], 4),
                       "neutral_class_means": round(stage["neutral"]["accuracy"], 4),

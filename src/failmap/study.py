@@ -62,7 +62,8 @@ def _n_skipped(svm: dict) -> float | None:
     return float(len(svm.get("skipped") or {})) if svm else None
 
 
-def _largest_alpha(generated: dict) -> str | None:
+def largest_alpha(generated: dict) -> str | None:
+    """The key ("alpha_<a>") of the largest alpha in generate's metrics, whose hard / easy images the bars read."""
     alphas = (generated.get("eval") or {}).get("alphas") or {}
     return max(alphas, key=lambda a: float(a.removeprefix("alpha_")), default=None)
 
@@ -71,7 +72,7 @@ def _decoded(side: str) -> Callable[[dict], float | None]:
     def read(generated: dict):
         if side == "neutral":
             return _at("eval", "neutral", "accuracy")(generated)
-        alpha = _largest_alpha(generated)
+        alpha = largest_alpha(generated)
         return None if alpha is None else _at("eval", "alphas", alpha, side, "accuracy")(generated)
     return read
 
