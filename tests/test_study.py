@@ -18,7 +18,7 @@ def entry(name, seed, gap, ap_svm, none_sub, direction_sub, hard=0.2, neutral=0.
         "metrics/svm.json": {"mean": {"svm": {"subpop_ap": ap_svm}, "confidence": {"subpop_ap": 0.6},
                                       "random": {"subpop_ap": 0.2}}, **({"skipped": skipped} if skipped else {})},
         "metrics/captions.json": {"planted_in_top3_hard": {"fraction": 1.0}},
-        "metrics/modes.json": {"mean": {"best_subpop_ap": ap_svm + 0.1}},
+        "metrics/modes.json": {"mean": {"best_subpop_ap": ap_svm + 0.1, "mode_0": {"subpop_ap": ap_svm + 0.05}}},
         "metrics/evaluate.json": {"arms": {"none": {"hard_acc_gt": {"mean": none_sub}, "test_acc": {"mean": 0.9}},
                                            "direction": {"hard_acc_gt": {"mean": direction_sub},
                                                          "test_acc": {"mean": 0.91}}}},
@@ -71,6 +71,7 @@ def test_aggregate_gives_the_known_table():
     assert table["classes skipped (too few val errors)"]["values"] == {"s-seed0": 0.0, "s-seed1": 1.0, "s-seed2": 0.0}
     assert table["planted subpopulation AP: SVM"]["mean"] == pytest.approx(0.85)
     assert table["planted subpopulation AP: best failure mode"]["mean"] == pytest.approx(0.95)
+    assert table["planted subpopulation AP: largest failure mode"]["mean"] == pytest.approx(0.90)
     assert table["direction: planted subpopulation accuracy"]["mean"] == pytest.approx(0.68)
     # the largest alpha of the evaluation set, not the first one listed
     assert table["decoded eval images, baseline accuracy: hard"]["mean"] == pytest.approx(0.2)

@@ -87,6 +87,10 @@ FIGURES: tuple[Figure, ...] = (
     Figure("planted subpopulation AP: random", "metrics/svm.json", _at("mean", "random", "subpop_ap")),
     # dcbench: the planted subpopulation matched with its class's best failure mode (failmap.modes)
     Figure("planted subpopulation AP: best failure mode", "metrics/modes.json", _at("mean", "best_subpop_ap")),
+    # the largest failure mode (most of the class's val errors), chosen without ground truth: what
+    # modes.drive top_mode steers the caption and direction arms, the evaluation images and pool_svm by
+    Figure("planted subpopulation AP: largest failure mode", "metrics/modes.json",
+           _at("mean", "mode_0", "subpop_ap")),
     Figure("top-3 hard captions name the planted value", "metrics/captions.json",
            _at("planted_in_top3_hard", "fraction")),  # the SVM's (a class's one direction)
     # those the caption arm decodes under modes.drive: the SVM's, or the largest failure mode's
