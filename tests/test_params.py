@@ -407,6 +407,21 @@ def test_data_carries_exactly_its_sources_keys():
     assert "data.sourc = 'x': unknown key; did you mean data.source?" in error_of({"data": {"sourc": "x"}})
 
 
+def test_a_stage_reading_the_corpus_needs_a_source_with_one_before_any_work():
+    folder = dict(CIFAR, world=None, data={"source": "imagefolder", "root": "data/raw/x", "image_size": 8,
+                                           "captions_file": None})
+    msg = error_of(dict(folder, clip={"source": "corpus"}, decoder={"source": "corpus"}))
+    assert msg.startswith("clip.source = 'corpus'") and "data.captions_file" in msg and "open_clip" in msg
+    msg = error_of(dict(folder, caption={"sources": ["template", "corpus"]}))
+    assert msg.startswith("caption.sources = ['template', 'corpus']") and "data.captions_file" in msg
+    msg = error_of(dict(CIFAR, world=None, decoder={"source": "corpus"}))
+    assert msg.startswith("decoder.source = 'corpus'") and "cifar10 has no captioned corpus" in msg
+    # a folder with its captions file, or the world, has a corpus to read
+    captioned = dict(folder, data=dict(folder["data"], captions_file="data/raw/x/captions.csv"))
+    assert over_default(dict(captioned, clip={"source": "corpus"}, decoder={"source": "corpus"})).uses_corpus
+    assert over_default({"clip": {"source": "corpus"}, "decoder": {"source": "corpus"}}).uses_corpus
+
+
 def test_apply_rewrites_params_yaml_with_the_configs_laid_over_it(tmp_path, monkeypatch, capsys):
     target = tmp_path / "params.yaml"
     target.write_text(REAL.read_text())

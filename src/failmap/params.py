@@ -345,8 +345,25 @@ class Params(Section):
         if missing:
             raise _refuse("compute.engine", "ray", f"local, or Ray installed for engine ray: {', '.join(missing)} "
                           f"cannot be imported; install the optional extra with: pip install -e '.[ray]'")
+        _check_corpus(self)
         _check_foundation_models(self)
         return self
+
+def _check_corpus(p: Params) -> None:
+    """A stage that reads the captioned corpus split needs a data source that has one: the world draws it,
+    an image folder has it with data.captions_file, CIFAR has none. Refused here, not by the stage after
+    prepare has run."""
+    if not p.uses_corpus or p.data.source == "world" or getattr(p.data, "captions_file", None) is not None:
+        return
+    key = next(k for k, source in (("clip.source", p.clip.source), ("decoder.source", p.decoder.source),
+                                   ("caption.sources", "corpus" if "corpus" in p.caption.sources else None))
+               if source == "corpus")
+    value = list(p.caption.sources) if key == "caption.sources" else "corpus"
+    alternative = {"clip.source": "open_clip", "decoder.source": "unclip",
+                   "caption.sources": "sources without corpus"}[key]
+    raise _refuse(key, value, f"{alternative}, or data.captions_file set (a CSV id,caption[,subpop][,subtype], README "
+                  f"\"Data sources\"): the corpus is the folder's captioned images" if p.data.source == "imagefolder"
+                  else f"{alternative}: data.source {p.data.source} has no captioned corpus to read")
 
 def _check_foundation_models(p: Params) -> None:
     """source 'world' loads the shipped models (models/pretrained/): they know only the world their corpus drew."""
