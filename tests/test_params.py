@@ -64,7 +64,8 @@ def test_uses_corpus_is_set_by_each_stage_that_reads_the_corpus(key, value):
     raw = {**DEFAULT, section: {**DEFAULT[section], name: value}}
     if key == "clip.source":  # the shipped decoder draws from the shipped CLIP only
         raw["decoder"] = {**DEFAULT["decoder"], "source": "corpus"}
-    assert params_from_dict(raw).uses_corpus
+    params = params_from_dict(raw)
+    assert params.uses_corpus and key in params.corpus_readers
 
 
 def test_partial_file_is_laid_over_params_yaml(tmp_path):

@@ -321,10 +321,18 @@ class Params(Section):
     compute: Compute
 
     @property
+    def corpus_readers(self) -> list[str]:
+        """The settings by which a stage reads the data's captioned corpus split: pretrain_clip or
+        pretrain_decoder training on it (clip.source / decoder.source corpus), the caption bank drawing on it
+        (caption.sources)."""
+        return [key for key, reads in (("clip.source", self.clip.source == "corpus"),
+                                       ("decoder.source", self.decoder.source == "corpus"),
+                                       ("caption.sources", "corpus" in self.caption.sources)) if reads]
+
+    @property
     def uses_corpus(self) -> bool:
-        """Whether a stage reads the data's captioned corpus split: pretrain_clip or pretrain_decoder training
-        on it (clip.source / decoder.source corpus) or the caption bank drawing on it (caption.sources)."""
-        return "corpus" in (self.clip.source, self.decoder.source, *self.caption.sources)
+        """Whether a stage reads the data's captioned corpus split (``corpus_readers``)."""
+        return bool(self.corpus_readers)
 
     @model_validator(mode="after")
     def _cross_sections(self):
@@ -355,9 +363,7 @@ def _check_corpus(p: Params) -> None:
     prepare has run."""
     if not p.uses_corpus or p.data.source == "world" or getattr(p.data, "captions_file", None) is not None:
         return
-    key = next(k for k, source in (("clip.source", p.clip.source), ("decoder.source", p.decoder.source),
-                                   ("caption.sources", "corpus" if "corpus" in p.caption.sources else None))
-               if source == "corpus")
+    key = p.corpus_readers[0]
     value = list(p.caption.sources) if key == "caption.sources" else "corpus"
     alternative = {"clip.source": "open_clip", "decoder.source": "unclip",
                    "caption.sources": "sources without corpus"}[key]
