@@ -1,9 +1,11 @@
 """Stage prepare: materialise the data source as data/prepared (see failmap.data)."""
+import sys
+
 from failmap.data import write_prepared
 from failmap.plots import image_grid
 from failmap.sources import prepare_cifar10, prepare_cifar100_superclass, prepare_imagefolder
 from failmap.stage import PLOTS, PREPARED, run_stage
-from failmap.world import generate_world
+from failmap.world import generate_world, shared_planted_values
 
 
 def build(p):
@@ -24,6 +26,12 @@ def main():
     with run_stage("prepare") as p:
         prepared = build(p)
         write_prepared(PREPARED, prepared)
+        if p.data.source == "world" and not p.world.superclasses:
+            shared = shared_planted_values({c: v["value"] for c, v in prepared.meta["planted"].items()})
+            if shared:
+                listed = "; ".join(f"{value}: {', '.join(classes)}" for value, classes in shared.items())
+                print(f"prepare: warning: planted values shared by classes ({listed}); classes that share one may "
+                      f"not fail on it (README \"Worlds and seeds the defaults were not chosen on\")", file=sys.stderr)
         train = prepared.splits["train"]
         grid = image_grid(train.images[:64], f"{PLOTS}/prepare/train_examples.png", ncol=8,
                           title=f"{p.data.source}: first 64 train images")

@@ -3,7 +3,7 @@ import yaml
 from pathlib import Path
 import pytest
 
-from failmap.world import CONTEXT_PHRASE, choose_planted, colour_distance, generate_world
+from failmap.world import CONTEXT_PHRASE, choose_planted, colour_distance, generate_world, shared_planted_values
 
 SMALL = dict(classes=["circle", "square", "triangle", "star", "cross"],
              colours=["red", "orange", "yellow", "green", "blue"],
@@ -115,6 +115,16 @@ CLASSES = ["circle", "square", "triangle", "star", "cross", "heart"]
 
 def _closest_train_pair(planted):
     return min(colour_distance(planted[k], planted[k - 1]) for k in range(len(planted)))
+
+
+def test_shared_planted_values_name_each_value_planted_in_several_classes():
+    classes = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", "moon"]
+    contexts = ["grass", "indoors", "snow", "water", "night", "sand"]
+    planted = dict(zip(classes, choose_planted(classes, contexts, seed=11)))
+    shared = shared_planted_values(planted)
+    assert sum(len(c) for c in shared.values()) - len(shared) == len(classes) - len(contexts)  # two repeats
+    assert all(planted[c] == value for value, cs in shared.items() for c in cs)
+    assert shared_planted_values(dict(zip(classes[:6], choose_planted(classes[:6], contexts, seed=11)))) == {}
 
 
 def test_planted_colours_are_kept_apart_from_the_colour_their_class_carries_in_train():

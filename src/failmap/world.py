@@ -41,7 +41,7 @@ written beside the images for scoring only; the method never reads it.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -257,6 +257,17 @@ def choose_planted(classes: list[str], values: list[str], seed: int, *,
         if gap > best_gap:
             best, best_gap = planted, gap
     return best
+
+
+def shared_planted_values(planted: Mapping[str, str]) -> dict[str, list[str]]:
+    """{value: its classes} for every value planted in more than one class (``planted``: class -> value).
+    Drawn values repeat once a world has more classes than values, and so do the values classes wear in
+    train (each its previous class's planted one): classes that share one may not fail on it (README,
+    "Worlds and seeds the defaults were not chosen on")."""
+    by_value: dict[str, list[str]] = {}
+    for cls, value in planted.items():
+        by_value.setdefault(value, []).append(cls)
+    return {value: classes for value, classes in by_value.items() if len(classes) > 1}
 
 
 def colour_distance(a: str, b: str) -> float:
