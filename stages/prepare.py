@@ -26,7 +26,7 @@ def main():
     with run_stage("prepare") as p:
         prepared = build(p)
         write_prepared(PREPARED, prepared)
-        if p.data.source == "world" and not p.world.superclasses:
+        if p.data.source == "world":  # a superclass world's planted values (its rare members) are distinct
             shared = shared_planted_values({c: v["value"] for c, v in prepared.meta["planted"].items()})
             if shared:
                 listed = "; ".join(f"{value}: {', '.join(classes)}" for value, classes in shared.items())

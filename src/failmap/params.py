@@ -361,9 +361,10 @@ def _check_corpus(p: Params) -> None:
     """A stage that reads the captioned corpus split needs a data source that has one: the world draws it,
     an image folder has it with data.captions_file, CIFAR has none. Refused here, not by the stage after
     prepare has run."""
-    if not p.uses_corpus or p.data.source == "world" or getattr(p.data, "captions_file", None) is not None:
+    readers = p.corpus_readers
+    if not readers or p.data.source == "world" or getattr(p.data, "captions_file", None) is not None:
         return
-    key = p.corpus_readers[0]
+    key = readers[0]
     value = list(p.caption.sources) if key == "caption.sources" else "corpus"
     alternative = {"clip.source": "open_clip", "decoder.source": "unclip",
                    "caption.sources": "sources without corpus"}[key]
